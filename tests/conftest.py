@@ -12,5 +12,4 @@ from pathlib import Path
 _REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_REPO / ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TINKER_TELEMETRY", "0")
