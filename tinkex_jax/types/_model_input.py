@@ -1,0 +1,210 @@
+"""ModelInput and its tagged chunk union (encoded_text, image, image_asset_pointer)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import invalid
+from ._base import WireStruct, force_set, is_array_like
+
+__all__ = [
+    "EncodedTextChunk",
+    "ImageAssetPointerChunk",
+    "ImageChunk",
+    "ModelInput",
+    "ModelInputChunk",
+]
+
+if TYPE_CHECKING:
+    _Tokens = Sequence[int] | npt.NDArray[Any]
+else:
+    _Tokens = list[int]
+
+_INT32_MAX = 2**31 - 1
+ImageFormat = Literal["png", "jpeg"]
+
+
+def _normalise_tokens(tokens: Any, where: str) -> list[int] | np.ndarray:
+    """Validate token ids; arrays stay arrays (no copy), lists stay lists."""
+    if is_array_like(tokens):
+        arr = np.asarray(tokens)
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
+            raise invalid(where, "a 1-D integer array of token ids",
+                          f"<array of shape {arr.shape} and dtype {arr.dtype}>",
+                          "pass a flat list or array of ints")
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > _INT32_MAX):
+            raise invalid(where, "token ids in [0, 2**31)", f"<ids from {arr.min()} to {arr.max()}>")
+        return arr
+    if not isinstance(tokens, list):
+        tokens = list(tokens)
+    for i, t in enumerate(tokens):
+        if not isinstance(t, int | np.integer) or isinstance(t, bool) or t < 0 or t > _INT32_MAX:
+            raise invalid(f"{where}[{i}]", "a token id: an int in [0, 2**31)", t,
+                          "tokenize text first, e.g. with tokenizer.encode(text)")
+    return tokens
+
+
+class EncodedTextChunk(WireStruct, frozen=True, kw_only=True, tag="encoded_text",
+                       tag_field="type", eq=False):
+    """A run of token ids.
+
+    ``tokens`` may be a list of ints or a 1-D integer numpy array (kept without copying).
+    An empty chunk is rejected: Tinker answers it with HTTP 400.
+
+    Example:
+        >>> EncodedTextChunk(tokens=[1, 2, 3]).length
+        3
+    """
+
+    tokens: _Tokens
+
+    def __post_init__(self) -> None:
+        tokens = _normalise_tokens(self.tokens, "EncodedTextChunk.tokens")
+        if len(tokens) == 0:
+            raise invalid("EncodedTextChunk.tokens", "at least one token", [],
+                          "drop empty chunks (ModelInput.from_ints does this for you)")
+        force_set(self, "tokens", tokens)
+
+    @property
+    def length(self) -> int:
+        """Number of tokens."""
+        return len(self.tokens)
+
+    def token_array(self) -> np.ndarray:
+        """The tokens as a 1-D numpy array (no copy when stored as an array)."""
+        return np.asarray(self.tokens)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EncodedTextChunk):
+            return NotImplemented
+        return np.array_equal(np.asarray(self.tokens), np.asarray(other.tokens))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class ImageChunk(WireStruct, frozen=True, kw_only=True, tag="image", tag_field="type"):
+    """Raw image bytes (base64 in JSON). ``expected_tokens`` is needed to know its length.
+
+    Example:
+        >>> ImageChunk(data=b"\\x89PNG", format="png", expected_tokens=16).length
+        16
+    """
+
+    data: bytes
+    format: ImageFormat
+    expected_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in ("png", "jpeg"):
+            raise invalid("ImageChunk.format", "'png' or 'jpeg'", self.format)
+        if self.expected_tokens is not None and self.expected_tokens < 0:
+            raise invalid("ImageChunk.expected_tokens", "a non-negative int", self.expected_tokens)
+
+    @property
+    def length(self) -> int:
+        """The advisory token count; raises when it was not given."""
+        if self.expected_tokens is None:
+            raise invalid("ImageChunk.expected_tokens", "the image's token count", None,
+                          "pass expected_tokens= so the input length is known")
+        return self.expected_tokens
+
+
+class ImageAssetPointerChunk(WireStruct, frozen=True, kw_only=True, tag="image_asset_pointer",
+                             tag_field="type"):
+    """An image by reference (path or URL). Only sampling accepts it, not training."""
+
+    format: ImageFormat
+    location: str
+    expected_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in ("png", "jpeg"):
+            raise invalid("ImageAssetPointerChunk.format", "'png' or 'jpeg'", self.format)
+        if not self.location:
+            raise invalid("ImageAssetPointerChunk.location", "a non-empty path or URL", "")
+
+    @property
+    def length(self) -> int:
+        """The advisory token count; raises when it was not given."""
+        if self.expected_tokens is None:
+            raise invalid("ImageAssetPointerChunk.expected_tokens", "the image's token count",
+                          None, "pass expected_tokens= so the input length is known")
+        return self.expected_tokens
+
+
+ModelInputChunk = EncodedTextChunk | ImageChunk | ImageAssetPointerChunk
+
+
+class ModelInput(WireStruct, frozen=True, kw_only=True):
+    """What the model reads: a list of chunks.
+
+    Example:
+        >>> mi = ModelInput.from_ints([5, 6, 7])
+        >>> mi.length, mi.to_ints()
+        (3, [5, 6, 7])
+        >>> mi.append_int(8).to_ints()
+        [5, 6, 7, 8]
+    """
+
+    chunks: list[ModelInputChunk] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.chunks, list):
+            force_set(self, "chunks", list(self.chunks))
+        for i, chunk in enumerate(self.chunks):
+            if not isinstance(chunk, EncodedTextChunk | ImageChunk | ImageAssetPointerChunk):
+                raise invalid(f"ModelInput.chunks[{i}]",
+                              "an EncodedTextChunk, ImageChunk or ImageAssetPointerChunk",
+                              f"<{type(chunk).__name__}>",
+                              "build inputs with ModelInput.from_ints(tokens)")
+
+    @classmethod
+    def from_ints(cls, tokens: Sequence[int] | npt.NDArray[Any]) -> ModelInput:
+        """One text chunk of token ids (list or 1-D int array); empty input gives no chunk."""
+        if len(tokens) == 0:
+            return cls(chunks=[])
+        return cls(chunks=[EncodedTextChunk(tokens=tokens)])
+
+    @classmethod
+    def empty(cls) -> ModelInput:
+        """A ModelInput with no chunks."""
+        return cls(chunks=[])
+
+    @classmethod
+    def concat(cls, parts: Iterable[ModelInput]) -> ModelInput:
+        """Concatenate several inputs into one."""
+        return cls(chunks=[c for p in parts for c in p.chunks])
+
+    @property
+    def length(self) -> int:
+        """Total number of positions (tokens plus image tokens)."""
+        return sum(c.length for c in self.chunks)
+
+    def to_ints(self) -> list[int]:
+        """All token ids as a list; raises if there is an image chunk."""
+        return self.token_array().tolist()  # type: ignore[no-any-return]
+
+    def token_array(self) -> np.ndarray:
+        """All token ids as one int64 numpy array; raises if there is an image chunk."""
+        arrays = []
+        for i, c in enumerate(self.chunks):
+            if not isinstance(c, EncodedTextChunk):
+                raise invalid(f"ModelInput.chunks[{i}]", "only text chunks for to_ints()",
+                              f"<{type(c).__name__}>", "read token ids from text-only inputs")
+            arrays.append(np.asarray(c.tokens, dtype=np.int64))
+        if not arrays:
+            return np.zeros(0, dtype=np.int64)
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    def append(self, chunk: ModelInputChunk) -> ModelInput:
+        """A new ModelInput with `chunk` appended."""
+        return ModelInput(chunks=[*self.chunks, chunk])
+
+    def append_int(self, token: int) -> ModelInput:
+        """A new ModelInput with one token appended."""
+        return self.append(EncodedTextChunk(tokens=[token]))

@@ -1,0 +1,294 @@
+"""TensorData: the dense or sparse-CSR tensor of the Tinker wire, backed by numpy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import invalid
+from ._base import WireStruct, force_set, is_array_like
+
+if TYPE_CHECKING:
+    import jax
+
+__all__ = ["TensorData", "TensorDtype", "numpy_dtype"]
+
+TensorDtype = Literal["int64", "float32"]
+
+if TYPE_CHECKING:
+    _DataField = Sequence[int] | Sequence[float] | npt.NDArray[Any] | "jax.Array" | None
+    _IndexField = Sequence[int] | npt.NDArray[Any] | None
+    _ShapeField = Sequence[int] | None
+else:  # what msgspec decodes from JSON
+    _DataField = list[int | float] | None
+    _IndexField = list[int] | None
+    _ShapeField = list[int] | None
+
+_NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "int64": np.dtype("<i8"),
+    "float32": np.dtype("<f4"),
+}
+
+
+def numpy_dtype(dtype: TensorDtype) -> np.dtype[Any]:
+    """The little-endian numpy dtype of a wire dtype name."""
+    try:
+        return _NUMPY_DTYPES[dtype]
+    except KeyError:
+        raise invalid(
+            "TensorData.dtype", "'int64' or 'float32'", dtype, "use one of the two wire dtypes"
+        ) from None
+
+
+def _wire_dtype_of(array: np.ndarray) -> TensorDtype:
+    kind = array.dtype.kind
+    if kind in "iub":
+        return "int64"
+    if kind == "f" or array.dtype.name == "bfloat16":
+        return "float32"
+    raise invalid(
+        "TensorData.data",
+        "an integer or floating-point array",
+        f"<array of dtype {array.dtype}>",
+        "convert it to int64 (token ids) or float32 (weights, logprobs, advantages)",
+    )
+
+
+def _as_flat(values: Any, dtype: np.dtype[Any], where: str) -> np.ndarray:
+    """A 1-D contiguous array of `dtype`; no copy when `values` already is one."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError) as exc:
+        raise invalid(where, "a rectangular numeric array or list", f"<{type(values).__name__}>",
+                      f"pass a list of numbers or an array ({exc})") from None
+    if array.dtype == object:
+        raise invalid(where, "a rectangular numeric array or list", "<ragged or non-numeric data>",
+                      "make every row the same length and use only numbers")
+    if array.dtype != dtype:
+        if array.dtype.kind == "f" and dtype.kind == "i" and array.size:
+            if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+                raise invalid(where, "whole numbers for an int64 tensor",
+                              "<non-integer floats>", "round the values or use dtype='float32'")
+        array = array.astype(dtype)
+    return np.ascontiguousarray(array).reshape(-1)
+
+
+class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
+    """A tensor on the Tinker wire: ``int64`` or ``float32``, dense or sparse CSR.
+
+    ``data`` is always stored as a flat, contiguous numpy array (the values of a sparse
+    tensor); ``shape`` is the dense shape. Construction from a matching numpy array (or a
+    CPU `jax.Array`) does not copy. Sparse CSR tensors are 2-D: ``sparse_crow_indices`` has
+    ``rows + 1`` entries, ``sparse_col_indices`` one per stored value, and every other cell
+    takes the pad value given to `to_numpy`.
+
+    Args:
+        data: The values: a list, a numpy / jax array, or None for an empty tensor.
+        dtype: ``"int64"`` or ``"float32"``; inferred from an array when omitted.
+        shape: The dense shape; inferred from an array, else 1-D.
+        sparse_crow_indices: CSR row pointers (sparse tensors only).
+        sparse_col_indices: CSR column indices (sparse tensors only).
+
+    Raises:
+        ValidationError: the shape and the data disagree, the dtype is unknown, or the CSR
+            indices are inconsistent.
+
+    Example:
+        >>> import numpy as np
+        >>> t = TensorData.from_numpy(np.arange(6, dtype=np.int64).reshape(2, 3))
+        >>> t.dtype, t.shape, t.to_numpy()[1].tolist()
+        ('int64', (2, 3), [3, 4, 5])
+        >>> TensorData(data=[0.5, 1.0], dtype="float32").tolist()
+        [0.5, 1.0]
+    """
+
+    data: _DataField = None
+    dtype: TensorDtype | None = None
+    shape: _ShapeField = None
+    sparse_crow_indices: _IndexField = None
+    sparse_col_indices: _IndexField = None
+
+    def __post_init__(self) -> None:
+        raw = self.data
+        shape_given = self.shape
+        if self.dtype is None:
+            if raw is None or not is_array_like(raw):
+                probe = np.asarray(raw if raw is not None else [], dtype=None)
+                if probe.size == 0:
+                    raise invalid("TensorData.dtype", "'int64' or 'float32'", None,
+                                  "pass dtype= for lists and empty tensors")
+                dtype: TensorDtype = _wire_dtype_of(probe)
+            else:
+                dtype = _wire_dtype_of(np.asarray(raw))
+            force_set(self, "dtype", dtype)
+        np_dtype = numpy_dtype(self.dtype)  # type: ignore[arg-type]
+        if raw is None:
+            raw = []
+        if shape_given is None and is_array_like(raw):
+            shape_given = np.shape(raw)
+        flat = _as_flat(raw, np_dtype, "TensorData.data")
+        force_set(self, "data", flat)
+        sparse = self.sparse_crow_indices is not None or self.sparse_col_indices is not None
+        if shape_given is None:
+            if sparse:
+                raise invalid("TensorData.shape", "the dense shape of a sparse CSR tensor", None,
+                              "pass shape=[rows, cols]")
+            shape = (flat.size,)
+        else:
+            shape = tuple(int(d) for d in shape_given)
+            if any(d < 0 for d in shape):
+                raise invalid("TensorData.shape", "non-negative dimensions", list(shape))
+        force_set(self, "shape", shape)
+        if sparse:
+            self._normalise_sparse(shape, flat.size)
+        elif int(np.prod(shape, dtype=np.int64)) != flat.size:
+            raise invalid(
+                "TensorData.shape",
+                f"a shape whose product is the number of values ({flat.size})",
+                list(shape),
+                "fix the shape or pass the full flattened data",
+            )
+
+    def _normalise_sparse(self, shape: tuple[int, ...], nnz: int) -> None:
+        if self.sparse_crow_indices is None or self.sparse_col_indices is None:
+            raise invalid("TensorData.sparse_crow_indices",
+                          "both sparse_crow_indices and sparse_col_indices", "only one of them",
+                          "pass both CSR index arrays or neither")
+        if len(shape) != 2:
+            raise invalid("TensorData.shape", "a 2-D shape for a sparse CSR tensor", list(shape))
+        crow = _as_flat(self.sparse_crow_indices, np.dtype("<i8"), "TensorData.sparse_crow_indices")
+        col = _as_flat(self.sparse_col_indices, np.dtype("<i8"), "TensorData.sparse_col_indices")
+        rows, cols = shape
+        if crow.size != rows + 1 or (crow.size and (crow[0] != 0 or crow[-1] != nnz)):
+            raise invalid("TensorData.sparse_crow_indices",
+                          f"{rows + 1} row pointers from 0 to {nnz}",
+                          f"<{crow.size} pointers>", "rebuild the CSR indices")
+        if crow.size > 1 and np.any(np.diff(crow) < 0):
+            raise invalid("TensorData.sparse_crow_indices", "non-decreasing row pointers",
+                          "<decreasing pointers>")
+        if col.size != nnz or (nnz and (col.min() < 0 or col.max() >= cols)):
+            raise invalid("TensorData.sparse_col_indices",
+                          f"{nnz} column indices in [0, {cols})", f"<{col.size} indices>")
+        force_set(self, "sparse_crow_indices", crow)
+        force_set(self, "sparse_col_indices", col)
+
+    # ------------------------------------------------------------------ conversions
+
+    @classmethod
+    def from_numpy(cls, array: npt.ArrayLike) -> TensorData:
+        """Wrap a numpy array; no copy for a contiguous int64 or float32 array.
+
+        Other integer dtypes become int64, other float dtypes (incl. bfloat16) float32.
+        """
+        arr = np.asarray(array)
+        return cls(data=arr, dtype=_wire_dtype_of(arr), shape=arr.shape)
+
+    @classmethod
+    def from_jax(cls, array: jax.Array) -> TensorData:
+        """Wrap a `jax.Array` (copied to host; zero-copy for CPU arrays of a wire dtype)."""
+        return cls.from_numpy(np.asarray(array))
+
+    @classmethod
+    def from_list(cls, values: Sequence[Any], dtype: TensorDtype) -> TensorData:
+        """Build from a (possibly nested, rectangular) Python list with an explicit dtype."""
+        arr = np.asarray(values, dtype=numpy_dtype(dtype))
+        return cls(data=arr, dtype=dtype, shape=arr.shape)
+
+    @classmethod
+    def sparse_from_dense(cls, array: npt.ArrayLike, *, pad_value: float = 0) -> TensorData:
+        """Encode a 2-D array as CSR, leaving out cells equal to `pad_value`.
+
+        Falls back to a dense tensor when CSR would not be smaller (or the array is not 2-D).
+
+        Example:
+            >>> import numpy as np
+            >>> dense = np.full((3, 4), -1, dtype=np.int64); dense[1, 2] = 7
+            >>> t = TensorData.sparse_from_dense(dense, pad_value=-1)
+            >>> t.is_sparse, t.to_numpy(pad_value=-1)[1].tolist()
+            (True, [-1, -1, 7, -1])
+        """
+        arr = np.asarray(array)
+        if arr.ndim != 2:
+            return cls.from_numpy(arr)
+        keep = arr != pad_value
+        nnz = int(keep.sum())
+        if (arr.shape[0] + 1) + 2 * nnz >= arr.size:
+            return cls.from_numpy(arr)
+        counts = keep.sum(axis=1)
+        crow = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        _, col = np.nonzero(keep)
+        return cls(data=arr[keep], dtype=_wire_dtype_of(arr), shape=arr.shape,
+                   sparse_crow_indices=crow, sparse_col_indices=col.astype(np.int64))
+
+    @property
+    def is_sparse(self) -> bool:
+        """True for a sparse CSR tensor."""
+        return self.sparse_crow_indices is not None
+
+    @property
+    def values(self) -> np.ndarray:
+        """The stored values as a flat numpy array (all cells when dense)."""
+        return self.data  # type: ignore[return-value]
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions of the dense tensor."""
+        return len(self.shape)  # type: ignore[arg-type]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this tensor takes on the wire (values plus 8 per sparse index)."""
+        extra = 0
+        if self.is_sparse:
+            extra = 8 * (len(self.sparse_crow_indices) + len(self.sparse_col_indices))  # type: ignore[arg-type]
+        return int(self.values.nbytes) + extra
+
+    def to_numpy(self, pad_value: float = 0) -> np.ndarray:
+        """The dense array (a view for dense tensors); sparse cells take `pad_value`."""
+        shape = tuple(self.shape)  # type: ignore[arg-type]
+        if not self.is_sparse:
+            return self.values.reshape(shape)
+        rows, cols = shape
+        dense = np.full(shape, pad_value, dtype=self.values.dtype)
+        crow = np.asarray(self.sparse_crow_indices)
+        row_of_value = np.repeat(np.arange(rows), np.diff(crow))
+        dense[row_of_value, np.asarray(self.sparse_col_indices)] = self.values
+        return dense
+
+    def to_jax(self, pad_value: float = 0) -> jax.Array:
+        """The dense array as a `jax.Array` (imports jax)."""
+        import jax.numpy as jnp
+
+        return jnp.asarray(self.to_numpy(pad_value))
+
+    def tolist(self) -> list[Any]:
+        """The dense values as nested Python lists."""
+        return self.to_numpy().tolist()  # type: ignore[no-any-return]
+
+    def __len__(self) -> int:
+        return int(self.shape[0]) if self.shape else 0  # type: ignore[index]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TensorData):
+            return NotImplemented
+        return (
+            self.dtype == other.dtype
+            and self.shape == other.shape
+            and self.is_sparse == other.is_sparse
+            and np.array_equal(self.values, other.values, equal_nan=self.dtype == "float32")
+            and (not self.is_sparse or (
+                np.array_equal(self.sparse_crow_indices, other.sparse_crow_indices)  # type: ignore[arg-type]
+                and np.array_equal(self.sparse_col_indices, other.sparse_col_indices)  # type: ignore[arg-type]
+            ))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        kind = "sparse " if self.is_sparse else ""
+        preview = np.array2string(self.values[:8], separator=", ")
+        more = ", ..." if self.values.size > 8 else ""
+        return f"TensorData({kind}{self.dtype}, shape={list(self.shape)}, data={preview}{more})"  # type: ignore[arg-type]
