@@ -187,7 +187,7 @@ class ModelInput(WireStruct, frozen=True, kw_only=True):
 
     def to_ints(self) -> list[int]:
         """All token ids as a list; raises if there is an image chunk."""
-        return self.token_array().tolist()  # type: ignore[no-any-return]
+        return self.token_array().tolist()
 
     def token_array(self) -> np.ndarray:
         """All token ids as one int64 numpy array; raises if there is an image chunk."""

@@ -99,17 +99,17 @@ class SamplingParams(WireStruct, frozen=True, kw_only=True):
             if stop == "":
                 raise invalid("SamplingParams.stop", "a non-empty stop string", stop)
             return
-        stop = list(stop)
-        if all(isinstance(s, str) for s in stop):
-            if any(s == "" for s in stop):
-                raise invalid("SamplingParams.stop", "non-empty stop strings", stop)
-        elif all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in stop):
+        stop_list: list[Any] = list(stop)
+        if all(isinstance(s, str) for s in stop_list):
+            if any(s == "" for s in stop_list):
+                raise invalid("SamplingParams.stop", "non-empty stop strings", stop_list)
+        elif all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in stop_list):
             pass
         else:
             raise invalid("SamplingParams.stop",
                           "a string, a list of strings, or a list of token ids (not mixed)",
-                          stop)
-        force_set(self, "stop", stop)
+                          stop_list)
+        force_set(self, "stop", stop_list)
 
     @property
     def stop_strings(self) -> list[str]:

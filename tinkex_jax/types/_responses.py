@@ -317,14 +317,14 @@ class SampledSequence(WireStruct, frozen=True, kw_only=True, eq=False):
     @property
     def tokens(self) -> list[int]:
         """Generated token ids."""
-        return np.asarray(self.tokens_np).tolist()  # type: ignore[no-any-return]
+        return np.asarray(self.tokens_np).tolist()
 
     @property
     def logprobs(self) -> list[float] | None:
         """Logprob of each generated token under the model, or None if not returned."""
         if self.logprobs_np is None:
             return None
-        return np.asarray(self.logprobs_np).tolist()  # type: ignore[no-any-return]
+        return np.asarray(self.logprobs_np).tolist()
 
     @property
     def topk_logprobs(self) -> list[list[tuple[int, float]] | None] | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +19,7 @@ __all__ = ["TensorData", "TensorDtype", "numpy_dtype"]
 TensorDtype = Literal["int64", "float32"]
 
 if TYPE_CHECKING:
-    _DataField = Sequence[int] | Sequence[float] | npt.NDArray[Any] | "jax.Array" | None
+    _DataField: TypeAlias = Union[Sequence[int], Sequence[float], npt.NDArray[Any], "jax.Array", None]  # noqa: UP007
     _IndexField = Sequence[int] | npt.NDArray[Any] | None
     _ShapeField = Sequence[int] | None
 else:  # what msgspec decodes from JSON
@@ -68,10 +68,11 @@ def _as_flat(values: Any, dtype: np.dtype[Any], where: str) -> np.ndarray:
         raise invalid(where, "a rectangular numeric array or list", "<ragged or non-numeric data>",
                       "make every row the same length and use only numbers")
     if array.dtype != dtype:
-        if array.dtype.kind == "f" and dtype.kind == "i" and array.size:
-            if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
-                raise invalid(where, "whole numbers for an int64 tensor",
-                              "<non-integer floats>", "round the values or use dtype='float32'")
+        lossy = array.dtype.kind == "f" and dtype.kind == "i" and array.size and (
+            not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)))
+        if lossy:
+            raise invalid(where, "whole numbers for an int64 tensor",
+                          "<non-integer floats>", "round the values or use dtype='float32'")
         array = array.astype(dtype)
     return np.ascontiguousarray(array).reshape(-1)
 
@@ -136,7 +137,7 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
             if sparse:
                 raise invalid("TensorData.shape", "the dense shape of a sparse CSR tensor", None,
                               "pass shape=[rows, cols]")
-            shape = (flat.size,)
+            shape: tuple[int, ...] = (flat.size,)
         else:
             shape = tuple(int(d) for d in shape_given)
             if any(d < 0 for d in shape):
@@ -251,7 +252,7 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
         shape = tuple(self.shape)  # type: ignore[arg-type]
         if not self.is_sparse:
             return self.values.reshape(shape)
-        rows, cols = shape
+        rows = shape[0]
         dense = np.full(shape, pad_value, dtype=self.values.dtype)
         crow = np.asarray(self.sparse_crow_indices)
         row_of_value = np.repeat(np.arange(rows), np.diff(crow))
@@ -266,10 +267,10 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
 
     def tolist(self) -> list[Any]:
         """The dense values as nested Python lists."""
-        return self.to_numpy().tolist()  # type: ignore[no-any-return]
+        return self.to_numpy().tolist()
 
     def __len__(self) -> int:
-        return int(self.shape[0]) if self.shape else 0  # type: ignore[index]
+        return int(self.shape[0]) if self.shape else 0
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TensorData):

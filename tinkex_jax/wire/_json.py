@@ -66,7 +66,7 @@ def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
 def decode_json(body: bytes | str, type_: type[T]) -> T:
     """Decode JSON into `type_`, raising `APIResponseValidationError` with the JSON path."""
     try:
-        return _decoder(type_).decode(body)  # type: ignore[no-any-return]
+        return _decoder(type_).decode(body)  # type: ignore[arg-type]
     except msgspec.ValidationError as exc:
         name = getattr(type_, "__name__", str(type_))
         raise APIResponseValidationError(f"Response did not match {name}: {exc}",

@@ -84,7 +84,7 @@ def _array_from_pb(data: bytes, pb_dtype: int, where: str) -> np.ndarray:
 def tensor_to_proto(tensor: TensorData, out: Any) -> None:
     """Fill a ``pb.Tensor`` message from TensorData (dense or sparse CSR)."""
     out.dtype = _WIRE_TO_PB[tensor.dtype]  # type: ignore[index]
-    out.shape.extend(tensor.shape)  # type: ignore[arg-type]
+    out.shape.extend(tensor.shape)
     values = tensor.values
     if tensor.is_sparse:
         csr = out.sparse_csr
@@ -168,7 +168,7 @@ def encode_forward_backward_request(request: ForwardBackwardRequest) -> bytes:
             msg.loss_fn_config_v2[key].number = float(value)
     for i, datum in enumerate(request.data):
         _datum_to_proto(datum, msg.data.add(), f"data[{i}]")
-    return msg.SerializeToString()  # type: ignore[no-any-return]
+    return msg.SerializeToString()
 
 
 def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
@@ -231,7 +231,7 @@ def encode_forward_backward_output(output: ForwardBackwardOutput) -> bytes:
     for key in keys:
         arrays = [out[key].to_numpy() for out in output.loss_fn_outputs]
         trailing = arrays[0].shape[1:]
-        dtype = output.loss_fn_outputs[0][key].dtype
+        dtype = output.loss_fn_outputs[0][key].dtype or "float32"
         offsets = np.zeros(len(arrays) + 1, dtype=_I64)
         np.cumsum([a.nbytes for a in arrays], out=offsets[1:])
         field = record.fields[key]
@@ -239,7 +239,7 @@ def encode_forward_backward_output(output: ForwardBackwardOutput) -> bytes:
         field.offsets = offsets.tobytes()
         field.dtype = _WIRE_TO_PB[dtype]
         field.trailing_shape.extend(trailing)
-    return msg.SerializeToString()  # type: ignore[no-any-return]
+    return msg.SerializeToString()
 
 
 def decode_forward_backward_output(body: bytes) -> ForwardBackwardOutput:
@@ -317,7 +317,7 @@ def encode_sample_response(response: SampleResponse) -> bytes:
     if response.prompt_alt_tokens is not None:
         tensor_to_proto(response.prompt_alt_tokens.tokens, msg.prompt_alt_tokens.tokens)
         tensor_to_proto(response.prompt_alt_tokens.logprobs, msg.prompt_alt_tokens.logprobs)
-    return msg.SerializeToString()  # type: ignore[no-any-return]
+    return msg.SerializeToString()
 
 
 def decode_sample_response(body: bytes, sequence_ids: Sequence[str] = ()) -> SampleResponse:
