@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union
 
@@ -145,7 +146,7 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
         force_set(self, "shape", shape)
         if sparse:
             self._normalise_sparse(shape, flat.size)
-        elif int(np.prod(shape, dtype=np.int64)) != flat.size:
+        elif math.prod(shape) != flat.size:
             raise invalid(
                 "TensorData.shape",
                 f"a shape whose product is the number of values ({flat.size})",

@@ -1,8 +1,9 @@
 """Protobuf codecs for forward_backward requests and forward / forward_backward / sample results.
 
-Tensors travel as raw little-endian buffers: encoding is one ``tobytes()`` per array and
-decoding one ``np.frombuffer`` per field, never a Python object per element. Decoded arrays
-are read-only views of the received bytes.
+Tensors travel as raw little-endian buffers: decoding is one ``np.frombuffer`` per field,
+never a Python object per element, and decoded arrays are read-only views of the received
+bytes. Requests are encoded by the hand-written encoder in ``_fast_request`` (one copy of
+the data); results by the generated protobuf module.
 
 Example:
     >>> from tinkex_jax.types import Datum, ForwardBackwardRequest, ModelInput
@@ -39,6 +40,7 @@ from ..types import (
     TopkLogprobs,
 )
 from . import tinker_public_pb2 as pb
+from ._fast_request import encode_forward_backward_request
 
 __all__ = [
     "decode_forward_backward_output",
@@ -114,61 +116,11 @@ def tensor_from_proto(msg: Any, where: str = "tensor") -> TensorData:
 # ----------------------------------------------------------------------------- requests
 
 
-def _span_to_proto(span: ProvenanceSpan, out: Any) -> None:
-    target = out.prompt_tokens if isinstance(span, PromptProvenanceSpan) else out.sampled_tokens
-    target.sequence_id = span.sequence_id
-    target.offset = span.offset
-    target.length = span.length
-
-
 def _span_from_proto(msg: Any) -> ProvenanceSpan:
     kind = msg.WhichOneof("span")
     inner = getattr(msg, kind)
     cls = PromptProvenanceSpan if kind == "prompt_tokens" else SampledProvenanceSpan
     return cls(sequence_id=inner.sequence_id, offset=inner.offset, length=inner.length)
-
-
-def _datum_to_proto(datum: Datum, out: Any, where: str) -> None:
-    for j, chunk in enumerate(datum.model_input.chunks):
-        if isinstance(chunk, EncodedTextChunk):
-            out.model_input.add().encoded_text.tokens = _le_bytes(chunk.token_array(), _I32)
-        elif isinstance(chunk, ImageChunk):
-            image = out.model_input.add().image
-            image.data = chunk.data
-            image.format = chunk.format
-            if chunk.expected_tokens is not None:
-                image.expected_tokens = chunk.expected_tokens
-        else:
-            raise invalid(f"{where}.model_input.chunks[{j}]",
-                          "token or image-bytes chunks (training cannot fetch image pointers)",
-                          f"<{type(chunk).__name__}>", "load the image and send an ImageChunk")
-    for key, tensor in datum.loss_fn_inputs.items():
-        tensor_to_proto(tensor, out.loss_fn_inputs[key])
-    for span in datum.model_input_spans or ():
-        _span_to_proto(span, out.model_input_spans.add())
-    for span in datum.loss_fn_input_spans or ():
-        _span_to_proto(span, out.loss_fn_input_spans.add())
-
-
-def encode_forward_backward_request(request: ForwardBackwardRequest) -> bytes:
-    """Serialise a forward_backward / forward request to protobuf bytes.
-
-    Numeric config values go to both ``loss_fn_config`` and ``loss_fn_config_v2``; strings
-    only to v2, as the official SDK does.
-    """
-    msg = pb.ForwardBackwardRequest(
-        model_id=request.model_id, seq_id=request.seq_id, loss_fn=request.loss_fn,
-        forward_only=request.forward_only,
-    )
-    for key, value in (request.loss_fn_config or {}).items():
-        if isinstance(value, str):
-            msg.loss_fn_config_v2[key].text = value
-        else:
-            msg.loss_fn_config[key] = float(value)
-            msg.loss_fn_config_v2[key].number = float(value)
-    for i, datum in enumerate(request.data):
-        _datum_to_proto(datum, msg.data.add(), f"data[{i}]")
-    return msg.SerializeToString()
 
 
 def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
@@ -257,7 +209,8 @@ def decode_forward_backward_output(body: bytes) -> ForwardBackwardOutput:
         for key, field in record.fields.items():
             where = f"loss_fn_outputs[{r_index}].{key}"
             values = _array_from_pb(field.data, field.dtype, where)
-            offsets = np.frombuffer(field.offsets, dtype=_I64) // values.itemsize
+            wire_itemsize = len(field.data) // values.size if values.size else 1
+            offsets = np.frombuffer(field.offsets, dtype=_I64) // wire_itemsize
             trailing = tuple(field.trailing_shape)
             per_row = int(np.prod(trailing, dtype=np.int64)) if trailing else 1
             tensors = []
