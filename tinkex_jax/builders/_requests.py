@@ -47,7 +47,7 @@ def validate_training_data(data: Sequence[Datum], loss_fn: str | None,
         >>> validate_training_data([datum_from_tokens([1, 2, 3])], "ppo")
         Traceback (most recent call last):
         ...
-        tinkex_jax.errors.ValidationError: data[0].loss_fn_inputs: expected the inputs of ppo: ['advantages', 'logprobs', 'target_tokens'], got ['target_tokens', 'weights']. Fix: add the missing keys ['advantages', 'logprobs']
+        tinkex_jax.ValidationError: data[0].loss_fn_inputs: expected the inputs of ppo: ['advantages', 'logprobs', 'target_tokens'], got ['target_tokens', 'weights']. Fix: add the missing keys ['advantages', 'logprobs']
     """
     if isinstance(data, Datum) or not isinstance(data, Sequence):
         raise invalid("data", "a list of Datum", f"<{type(data).__name__}>")

@@ -1,0 +1,40 @@
+"""The effectful shell (private): HTTP, retries, futures, polling, session life cycle.
+
+Clients in `tinkex_jax.clients` are thin layers over `Shell`; the only public name that
+comes from here is `Future` (re-exported as ``tinkex_jax.Future``).
+"""
+
+from ._config import LOCAL_API_KEY, Secret, Settings, join_url, resolve_settings
+from ._constants import ENDPOINTS, PACKAGE_VERSION, PROTOCOL_VERSION, Endpoint
+from ._future import Future
+from ._http import SDK_METHOD, ApiKeyAuth, HttpCore, build_async_client
+from ._ordering import TurnSequencer
+from ._polling import QueueStateLogger, retrieve_future
+from ._runtime import REAL_RUNTIME, FakeTime, Runtime
+from ._shell import FinishStatus, Shell, shadow_shell
+
+__all__ = [
+    "ENDPOINTS",
+    "LOCAL_API_KEY",
+    "PACKAGE_VERSION",
+    "PROTOCOL_VERSION",
+    "REAL_RUNTIME",
+    "SDK_METHOD",
+    "ApiKeyAuth",
+    "Endpoint",
+    "FakeTime",
+    "FinishStatus",
+    "Future",
+    "HttpCore",
+    "QueueStateLogger",
+    "Runtime",
+    "Secret",
+    "Settings",
+    "Shell",
+    "TurnSequencer",
+    "build_async_client",
+    "join_url",
+    "resolve_settings",
+    "retrieve_future",
+    "shadow_shell",
+]

@@ -1,0 +1,341 @@
+"""Client settings as frozen values, resolved by one pure function (PROTOCOL.md §0, §1).
+
+Precedence is always: explicit argument > environment variable > default. Nothing here does
+I/O; `resolve_settings` takes the environment as a mapping so tests pass their own.
+
+Example:
+    >>> s = resolve_settings(api_key="tml-abc", env={"TINKER_TAGS": "b,a,b"})
+    >>> s.base_url, s.tags
+    ('https://tinker.thinkingmachines.dev/services/tinker-prod', ('a', 'b'))
+    >>> "tml-abc" in repr(s)
+    False
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import platform
+import time
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ..errors import TinkerError
+from ._constants import (
+    DEFAULT_BASE_URL,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    PACKAGE_VERSION,
+    PROTOCOL_VERSION,
+)
+
+__all__ = [
+    "LOCAL_API_KEY",
+    "Secret",
+    "Settings",
+    "check_api_key",
+    "join_url",
+    "parse_bool",
+    "parse_tags",
+    "platform_headers",
+    "resolve_settings",
+]
+
+#: The key used when no key is configured and the base URL is a loopback address (the
+#: embedded local backend accepts any ``tml-`` key).
+LOCAL_API_KEY = "tml-local"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class Secret:
+    """A credential that never shows itself: repr, str, pickling and f-strings are redacted.
+
+    Example:
+        >>> s = Secret("tml-very-secret")
+        >>> repr(s), str(s), f"{s}", s.reveal()
+        ("Secret('<redacted>')", '<redacted>', '<redacted>', 'tml-very-secret')
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret value, for the one place that must send it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('<redacted>')"
+
+    def __str__(self) -> str:
+        return "<redacted>"
+
+    def __format__(self, spec: str) -> str:
+        return "<redacted>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret (API key) is never pickled; each process resolves its own key "
+                        "from api_key= or TINKER_API_KEY")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Resolved client settings. Build them with `resolve_settings`.
+
+    Attributes:
+        base_url: Base URL without a trailing slash (may carry a path prefix).
+        api_key: The credential (a `Secret`).
+        project_id: Default project of new sessions.
+        tags: Session tags, sorted and de-duplicated.
+        telemetry: Whether telemetry events are sent.
+        log_level: Level for the ``tinkex_jax`` logger from ``TINKER_LOG`` (None: unchanged).
+        cloudflare_client_id: CF-Access client id header value, if set.
+        cloudflare_client_secret: CF-Access client secret, if set.
+        default_headers: Extra headers sent on every request (override the defaults).
+        timeout: Default request timeout.
+        max_retries: Default base-client retries (§6.1).
+        proxy: Explicit proxy URL (None: the standard proxy variables, via trust_env).
+        trust_env: Whether httpx reads ``HTTP(S)_PROXY`` / ``NO_PROXY`` / ``SSL_CERT_FILE``.
+    """
+
+    base_url: str
+    api_key: Secret
+    project_id: str | None = None
+    tags: tuple[str, ...] = ()
+    telemetry: bool = True
+    log_level: str | None = None
+    cloudflare_client_id: str | None = None
+    cloudflare_client_secret: Secret | None = None
+    default_headers: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}))
+    timeout: httpx.Timeout = dataclasses.field(
+        default_factory=lambda: httpx.Timeout(DEFAULT_TIMEOUT, connect=DEFAULT_CONNECT_TIMEOUT))
+    max_retries: int = DEFAULT_MAX_RETRIES
+    proxy: Secret | None = None
+    trust_env: bool = True
+
+    def __repr__(self) -> str:
+        headers = sorted(self.default_headers)
+        return (f"Settings(base_url={self.base_url!r}, api_key=<redacted>, "
+                f"project_id={self.project_id!r}, tags={self.tags!r}, "
+                f"telemetry={self.telemetry}, default_headers={headers!r} (values redacted), "
+                f"max_retries={self.max_retries}, proxy={'<set>' if self.proxy else None})")
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret string, for redaction of messages and logs."""
+        out = [self.api_key.reveal()]
+        if self.cloudflare_client_secret is not None:
+            out.append(self.cloudflare_client_secret.reveal())
+        if self.proxy is not None:
+            password = urlsplit(self.proxy.reveal()).password
+            if password:
+                out.append(password)
+        out.extend(v for v in self.default_headers.values() if len(v) >= 8)
+        return tuple(s for s in out if s)
+
+
+def parse_bool(value: str | None, default: bool) -> bool:
+    """Parse an environment flag (``1/true/yes/on``, ``0/false/no/off``); else `default`.
+
+    Example:
+        >>> parse_bool("Off", True), parse_bool(None, True), parse_bool("yes", False)
+        (False, True, True)
+    """
+    if value is None or not value.strip():
+        return default
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    return default
+
+
+def parse_tags(value: str | None) -> tuple[str, ...]:
+    """Split a comma list of tags, dropping blanks and duplicates (sorted).
+
+    Example:
+        >>> parse_tags(" b, a,,b ")
+        ('a', 'b')
+    """
+    if not value:
+        return ()
+    return tuple(sorted({t.strip() for t in value.split(",") if t.strip()}))
+
+
+def _jwt_exp(token: str) -> float | None:
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        exp = claims.get("exp")
+        return float(exp) if isinstance(exp, int | float) else None
+    except (IndexError, ValueError, TypeError):
+        return None
+
+
+def check_api_key(key: str, *, now: float | None = None) -> None:
+    """Check the shape of a credential; the message never contains the key.
+
+    A key must start with ``tml-``, or be a JWT (``eyJ…``) that has not expired.
+
+    Raises:
+        TinkerError: the key has the wrong shape or the JWT expired.
+
+    Example:
+        >>> check_api_key("tml-123")
+        >>> check_api_key("sk-123")
+        Traceback (most recent call last):
+        ...
+        tinkex_jax.TinkerError: api_key: expected a Tinker API key starting with 'tml-' (or a JWT starting with 'eyJ'), got a 6-character string starting with 'sk'. Fix: copy the key from the Tinker console into TINKER_API_KEY, or pass api_key='tml-...'
+    """
+    if not isinstance(key, str) or not key:
+        raise TinkerError("api_key: expected a non-empty string. Fix: pass api_key='tml-...' or "
+                          "set TINKER_API_KEY")
+    if key.startswith("tml-"):
+        return
+    if key.startswith("eyJ"):
+        exp = _jwt_exp(key)
+        if exp is not None and exp <= (time.time() if now is None else now):
+            raise TinkerError("api_key: the JWT passed as the API key has expired. Fix: pass a "
+                              "fresh token or a 'tml-' API key")
+        return
+    raise TinkerError(
+        "api_key: expected a Tinker API key starting with 'tml-' (or a JWT starting with 'eyJ'), "
+        f"got a {len(key)}-character string starting with {key[:2]!r}. Fix: copy the key from "
+        "the Tinker console into TINKER_API_KEY, or pass api_key='tml-...'")
+
+
+def _is_loopback(base_url: str) -> bool:
+    host = urlsplit(base_url).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def _normalise_base_url(base_url: str) -> str:
+    url = base_url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise TinkerError(f"base_url: expected an http(s) URL such as {DEFAULT_BASE_URL!r}, "
+                          f"got {base_url!r}. Fix: pass base_url= or set TINKER_BASE_URL")
+    return url
+
+
+def join_url(base_url: str, path: str) -> str:
+    """Join an API path to the base URL, keeping any path prefix of the base (PROTOCOL.md §0).
+
+    Example:
+        >>> join_url("https://host/services/tinker-prod", "/api/v1/create_session")
+        'https://host/services/tinker-prod/api/v1/create_session'
+        >>> join_url("http://127.0.0.1:8000/", "api/v1/healthz")
+        'http://127.0.0.1:8000/api/v1/healthz'
+    """
+    return base_url.rstrip("/") + "/" + path.lstrip("/")
+
+
+def _timeout(value: float | httpx.Timeout | None) -> httpx.Timeout:
+    if value is None:
+        return httpx.Timeout(DEFAULT_TIMEOUT, connect=DEFAULT_CONNECT_TIMEOUT)
+    if isinstance(value, httpx.Timeout):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise TinkerError(f"timeout: expected seconds > 0 or an httpx.Timeout, got {value!r}")
+    return httpx.Timeout(float(value), connect=min(float(value), DEFAULT_CONNECT_TIMEOUT))
+
+
+def resolve_settings(
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    project_id: str | None = None,
+    tags: tuple[str, ...] | list[str] | None = None,
+    telemetry: bool | None = None,
+    default_headers: Mapping[str, str] | None = None,
+    timeout: float | httpx.Timeout | None = None,
+    max_retries: int | None = None,
+    proxy: str | None = None,
+    trust_env: bool = True,
+    env: Mapping[str, str],
+) -> Settings:
+    """Resolve settings: argument > environment > default. Pure: `env` is passed in.
+
+    Environment: ``TINKER_API_KEY``, ``TINKER_BASE_URL``, ``TINKER_PROJECT_ID``,
+    ``TINKER_TAGS``, ``TINKER_TELEMETRY``, ``TINKER_LOG``, ``CLOUDFLARE_ACCESS_CLIENT_ID`` /
+    ``_SECRET``. Empty values count as unset. Without any key, a loopback base URL (the
+    embedded local backend) gets ``tml-local``.
+
+    Raises:
+        TinkerError: no API key, a malformed key, a bad base URL, timeout or max_retries.
+
+    Example:
+        >>> env = {"TINKER_BASE_URL": "http://127.0.0.1:8000/", "TINKER_TELEMETRY": "0"}
+        >>> s = resolve_settings(env=env)
+        >>> s.base_url, s.telemetry, s.api_key.reveal()
+        ('http://127.0.0.1:8000', False, 'tml-local')
+        >>> resolve_settings(base_url="http://10.0.0.1", api_key="tml-x", env=env).base_url
+        'http://10.0.0.1'
+    """
+    def env_value(name: str) -> str | None:
+        value = env.get(name)
+        return value if value and value.strip() else None
+
+    url = _normalise_base_url(base_url or env_value("TINKER_BASE_URL") or DEFAULT_BASE_URL)
+    key = api_key or env_value("TINKER_API_KEY")
+    if key is None:
+        if not _is_loopback(url):
+            raise TinkerError(
+                "The API key is not set. Fix: set TINKER_API_KEY, or pass "
+                "ServiceClient(api_key='tml-...'). (The embedded local backend on 127.0.0.1 "
+                "needs no key.)")
+        key = LOCAL_API_KEY
+    key = key.strip()
+    check_api_key(key)
+    if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(
+            max_retries, int) or max_retries < 0):
+        raise TinkerError(f"max_retries: expected an int >= 0, got {max_retries!r}")
+    cf_secret = env_value("CLOUDFLARE_ACCESS_CLIENT_SECRET")
+    headers = {str(k): str(v) for k, v in (default_headers or {}).items()}
+    return Settings(
+        base_url=url,
+        api_key=Secret(key),
+        project_id=project_id or env_value("TINKER_PROJECT_ID"),
+        tags=tuple(sorted(set(tags))) if tags is not None else parse_tags(env.get("TINKER_TAGS")),
+        telemetry=telemetry if telemetry is not None else parse_bool(env.get("TINKER_TELEMETRY"),
+                                                                        True),
+        log_level=(env_value("TINKER_LOG") or "").upper() or None,
+        cloudflare_client_id=env_value("CLOUDFLARE_ACCESS_CLIENT_ID"),
+        cloudflare_client_secret=Secret(cf_secret) if cf_secret else None,
+        default_headers=MappingProxyType(headers),
+        timeout=_timeout(timeout),
+        max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
+        proxy=Secret(proxy) if proxy else None,
+        trust_env=trust_env,
+    )
+
+
+def platform_headers() -> dict[str, str]:
+    """Headers describing this client and platform (sent on every request)."""
+    system = platform.system() or "Unknown"
+    return {
+        "User-Agent": f"tinkex-jax/{PACKAGE_VERSION} (tinker-protocol {PROTOCOL_VERSION}; "
+                      f"Python {platform.python_version()})",
+        "X-Stainless-Package-Version": PACKAGE_VERSION,
+        "X-Stainless-OS": {"Darwin": "MacOS", "Windows": "Windows", "Linux": "Linux"}.get(
+            system, f"Other:{system}"),
+        "X-Stainless-Arch": platform.machine() or "unknown",
+        "X-Stainless-Runtime": platform.python_implementation(),
+        "X-Stainless-Runtime-Version": platform.python_version(),
+        "X-Stainless-Async": "async:asyncio",
+    }

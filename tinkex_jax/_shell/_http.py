@@ -1,0 +1,251 @@
+"""The HTTP layer: one `httpx.AsyncClient`, the API-key auth flow, default headers and the
+base-client retry loop of PROTOCOL.md §6.1 (plus the bare-400 proxy quirk of §6.5).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib.util
+import logging
+import time
+import uuid
+from collections.abc import Generator, Mapping
+from typing import Any
+
+import httpx
+
+from ..errors import APIConnectionError
+from ..wire import encode_json
+from ._config import Secret, Settings, join_url, platform_headers
+from ._constants import PROTOCOL_VERSION
+from ._errors import connection_error, status_error
+from ._retry import ProxyRejectBudget, base_retry_delay, parse_retry_after, should_retry_status
+from ._runtime import Runtime
+
+__all__ = [
+    "SDK_METHOD",
+    "ApiKeyAuth",
+    "HttpCore",
+    "build_async_client",
+    "configure_logging",
+    "default_headers",
+]
+
+logger = logging.getLogger("tinkex_jax.http")
+
+#: The public SDK method a request is made for (``TrainingClient.forward_backward``), or
+#: None for background work (heartbeats, telemetry, polling): sent as ``x-sdk-method``.
+SDK_METHOD: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tinkex_jax_sdk_method", default=None)
+
+
+class ApiKeyAuth(httpx.Auth):
+    """Sets ``X-API-Key`` on every request; its repr never shows the key."""
+
+    def __init__(self, key: Secret) -> None:
+        self._key = key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["X-API-Key"] = self._key.reveal()
+        yield request
+
+    def __repr__(self) -> str:
+        return "ApiKeyAuth(<redacted>)"
+
+
+def default_headers(settings: Settings) -> dict[str, str]:
+    """Headers of every request: platform info, Accept, CF-Access, then user overrides."""
+    headers = {"Accept": "application/json", **platform_headers()}
+    if settings.cloudflare_client_id:
+        headers["CF-Access-Client-Id"] = settings.cloudflare_client_id
+    if settings.cloudflare_client_secret is not None:
+        headers["CF-Access-Client-Secret"] = settings.cloudflare_client_secret.reveal()
+    headers.update(settings.default_headers)
+    return headers
+
+
+def build_async_client(settings: Settings, *,
+                       transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The `httpx.AsyncClient` of a shell.
+
+    The proxy really reaches the connections: ``proxy=`` is passed to httpx, and with
+    ``trust_env`` httpx mounts the ``HTTP(S)_PROXY`` / ``ALL_PROXY`` proxies and honours
+    ``NO_PROXY``. A custom `transport` (tests, ASGI apps) replaces the network stack.
+    """
+    proxy = settings.proxy.reveal() if settings.proxy is not None else None
+    return httpx.AsyncClient(
+        auth=ApiKeyAuth(settings.api_key),
+        headers=default_headers(settings),
+        timeout=settings.timeout,
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=20),
+        follow_redirects=True,
+        http2=transport is None and importlib.util.find_spec("h2") is not None,
+        proxy=proxy if transport is None else None,
+        transport=transport,
+        trust_env=settings.trust_env,
+    )
+
+
+def configure_logging(settings: Settings) -> None:
+    """Apply ``TINKER_LOG`` to the ``tinkex_jax`` logger and keep httpx's per-request INFO
+    lines out of the user's logs (unless the user configured the ``httpx`` logger)."""
+    if settings.log_level:
+        level = logging.getLevelName(settings.log_level)
+        if isinstance(level, int):
+            logging.getLogger("tinkex_jax").setLevel(level)
+    for name in ("httpx", "httpcore"):
+        noisy = logging.getLogger(name)
+        if noisy.level == logging.NOTSET and settings.log_level != "DEBUG":
+            noisy.setLevel(logging.WARNING)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "None"
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+class HttpCore:
+    """Sends requests with default headers, auth, idempotency keys and base retries.
+
+    Lives on the shell's event loop (the `httpx.AsyncClient` is created there on first use).
+    """
+
+    def __init__(self, settings: Settings, runtime: Runtime, *,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.secrets = settings.secrets()
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self.proxy_rejects = ProxyRejectBudget()
+        self._last_warning = float("-inf")
+        self._deprecations_seen: set[str] = set()
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The async client (built on first use)."""
+        if self._client is None:
+            self._client = build_async_client(self.settings, transport=self._transport)
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def url(self, path: str) -> str:
+        """The absolute URL of an API path (``"get_info"`` → ``<base>/api/v1/get_info``)."""
+        return join_url(self.settings.base_url, "api/v1/" + path.lstrip("/"))
+
+    def _warn_retry(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 60.0:
+            self._last_warning = now
+            logger.warning("Retrying requests to the Tinker server (%s); further retries are "
+                           "logged at DEBUG for the next minute.", what)
+        else:
+            logger.debug("retrying: %s", what)
+
+    def _log_deprecation(self, response: httpx.Response) -> None:
+        note = response.headers.get("x-deprecation-note")
+        if not note or note in self._deprecations_seen:
+            return
+        self._deprecations_seen.add(note)
+        level = (logging.ERROR if response.headers.get("x-deprecation-level", "").lower()
+                 == "error" else logging.WARNING)
+        logger.log(level, "The Tinker server says: %s", note)
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        idempotency_key: str | None = None,
+        check_status: bool = True,
+    ) -> httpx.Response:
+        """Send one logical request with the base retry loop; return the response.
+
+        Retries timeouts, transport errors, bare 400s (proxy rejections, within budget) and
+        retryable statuses (408/409/429/5xx, or as ``x-should-retry`` says), waiting as
+        ``retry-after(-ms)`` asks or ``min(0.5 * 2**k, 10)`` with jitter.
+
+        Raises:
+            APIConnectionError: no answer after the retries (`APITimeoutError` on timeouts).
+            APIStatusError: an error status (when `check_status`; else it is returned).
+        """
+        url = self.url(path)
+        retries = self.settings.max_retries if max_retries is None else max_retries
+        read_timeout = timeout if timeout is not None else self.settings.timeout.read
+        request_timeout: httpx.Timeout | float = (
+            httpx.Timeout(timeout, connect=min(timeout, self.settings.timeout.connect or timeout))
+            if timeout is not None else self.settings.timeout)
+        sdk_method = SDK_METHOD.get()
+        base_headers: dict[str, str] = {"x-stainless-read-timeout": _seconds(read_timeout)}
+        if method != "GET":
+            base_headers["X-Idempotency-Key"] = (
+                idempotency_key or f"tinkex-jax-retry-{uuid.uuid4()}")
+        if sdk_method:
+            base_headers["x-sdk-version"] = PROTOCOL_VERSION
+            base_headers["x-sdk-method"] = sdk_method
+        if json is not None:
+            content = encode_json(json)
+            content_type = "application/json"
+        if content_type:
+            base_headers["Content-Type"] = content_type
+        base_headers.update(headers or {})
+        clean_params = {k: v for k, v in (params or {}).items() if v is not None}
+
+        attempt = 0
+        while True:
+            request_headers = {**base_headers, "x-stainless-retry-count": str(attempt)}
+            try:
+                response = await self.client.request(
+                    method, url, content=content, params=clean_params or None,
+                    headers=request_headers, timeout=request_timeout)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                if attempt < retries:
+                    self._warn_retry(f"{method} /api/v1/{path}: {type(exc).__name__}")
+                    await self.runtime.sleep(base_retry_delay(attempt, self.runtime.random()))
+                    attempt += 1
+                    continue
+                raise connection_error(exc, method=method, url=url, sdk_method=sdk_method,
+                                       secrets=self.secrets, attempts=attempt + 1) from None
+            status = response.status_code
+            self._log_deprecation(response)
+            if status == 400 and not response.content and self.proxy_rejects.take():
+                # An empty-bodied 400 comes from a proxy in front of the server (§6.5).
+                if attempt < retries:
+                    self._warn_retry(f"{method} /api/v1/{path}: empty HTTP 400 from a proxy")
+                    await self.runtime.sleep(base_retry_delay(attempt, self.runtime.random()))
+                    attempt += 1
+                    continue
+                where = sdk_method or "tinkex_jax"
+                raise APIConnectionError(
+                    f"{where}: {method} /api/v1/{path} was rejected with an empty HTTP 400, "
+                    "which comes from a proxy or gateway in front of the server, not from the "
+                    "server. What to do: retry; if it persists, check proxy settings and the "
+                    "gateway's logs.", method=method, url=url)
+            if response.is_success:
+                self.proxy_rejects.replenish()
+                return response
+            if attempt < retries and should_retry_status(status, response.headers):
+                delay = parse_retry_after(response.headers, self.runtime.wall())
+                if delay is None:
+                    delay = base_retry_delay(attempt, self.runtime.random())
+                self._warn_retry(f"{method} /api/v1/{path}: HTTP {status}")
+                await self.runtime.sleep(delay)
+                attempt += 1
+                continue
+            if not check_status:
+                return response
+            raise status_error(status, response.headers, response.content, method=method,
+                               url=url, sdk_method=sdk_method, secrets=self.secrets)
