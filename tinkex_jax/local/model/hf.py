@@ -1,0 +1,496 @@
+"""Load and save Hugging Face style Llama / Qwen3 checkpoints from local disk.
+
+A directory holds ``config.json``, the weights as ``model.safetensors`` or as shards listed in
+``model.safetensors.index.json``, and ``tokenizer.json`` (optional for loading). Tensor names
+follow ``transformers`` (PyTorch layout ``[out, in]``)::
+
+    model.embed_tokens.weight                        [V, d]
+    model.layers.{i}.input_layernorm.weight          [d]
+    model.layers.{i}.self_attn.{q,k,v,o}_proj.weight [out, in]
+    model.layers.{i}.self_attn.{q,k}_norm.weight     [head]   (Qwen3)
+    model.layers.{i}.post_attention_layernorm.weight [d]
+    model.layers.{i}.mlp.{gate,up,down}_proj.weight  [out, in]
+    model.norm.weight                                [d]
+    lm_head.weight                                   [V, d]   (absent when tied)
+
+Supported ``architectures``: ``LlamaForCausalLM`` and ``Qwen3ForCausalLM``. Anything else
+(or attention biases, sliding windows, unsupported rope scaling) raises a `ValidationError`
+that names the field and what is supported.
+
+Example:
+    >>> import tempfile
+    >>> from tinkex_jax.local.model.config import ModelConfig
+    >>> from tinkex_jax.local.model.decoder import init_params
+    >>> from tinkex_jax.local.model.runtime import Model
+    >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1,
+    ...                   d_ff=16)
+    >>> d = save_hf_directory(tempfile.mkdtemp(), Model(init_params(cfg), cfg))
+    >>> load_hf_directory(d).model.config == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from tinkex_jax.errors import invalid
+
+from .config import ModelConfig
+from .decoder import Params
+from .runtime import Model
+
+__all__ = [
+    "LoadedModel",
+    "config_from_hf",
+    "config_to_hf",
+    "load_checkpoint_files",
+    "load_hf_directory",
+    "params_from_hf",
+    "params_to_hf",
+    "save_hf_directory",
+]
+
+_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
+_HF_ARCH = {v: k for k, v in _ARCHITECTURES.items()}
+
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "wq": "self_attn.q_proj",
+    "wk": "self_attn.k_proj",
+    "wv": "self_attn.v_proj",
+    "wo": "self_attn.o_proj",
+    "q_norm": "self_attn.q_norm",
+    "k_norm": "self_attn.k_norm",
+    "mlp_norm": "post_attention_layernorm",
+    "w_gate": "mlp.gate_proj",
+    "w_up": "mlp.up_proj",
+    "w_down": "mlp.down_proj",
+}
+_MATRICES = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"}
+
+_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model loaded from disk (a preset or a Hugging Face directory).
+
+    Attributes:
+        name: The preset name or the directory path it was loaded from.
+        model: The base `Model` (float32 parameters).
+        tokenizer: A ``tokenizers.Tokenizer``, or None when the directory has none.
+        source: Where the files live.
+    """
+
+    name: str
+    model: Model
+    tokenizer: Any
+    source: Path
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's `ModelConfig`."""
+        return self.model.config
+
+
+def _np_dtype(name: str) -> Any:
+    if name not in _DTYPES:
+        raise invalid("dtype", f"one of {sorted(_DTYPES)}", name)
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return _DTYPES[name]
+
+
+# --------------------------------------------------------------------------------------------
+# config.json
+# --------------------------------------------------------------------------------------------
+
+
+def config_from_hf(hf: Mapping[str, Any], *, where: str = "config.json") -> ModelConfig:
+    """A `ModelConfig` from a Hugging Face ``config.json`` dict.
+
+    Raises:
+        ValidationError: Unknown architecture or unsupported features.
+
+    Example:
+        >>> config_from_hf({"architectures": ["Qwen3ForCausalLM"], "vocab_size": 32,
+        ...   "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+        ...   "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8}).qk_norm
+        True
+    """
+    archs = hf.get("architectures") or []
+    model_type = hf.get("model_type")
+    arch = next((_ARCHITECTURES[a] for a in archs if a in _ARCHITECTURES), None)
+    if arch is None and not archs and model_type in ("llama", "qwen3"):
+        arch = model_type
+    if arch is None:
+        raise invalid(f"{where}: architectures", f"one of {sorted(_ARCHITECTURES)}",
+                      archs or model_type or "<missing>",
+                      "the local backend runs Llama- and Qwen3-family decoders only; use "
+                      "such a checkpoint or a built-in preset (tinkex-jax/tiny, "
+                      "tinkex-jax/small)")
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise invalid(f"{where}: attention_bias/mlp_bias", "false (no projection biases)",
+                      True, "biased projections are not supported by the local backend")
+    if hf.get("use_sliding_window") or (arch == "llama" and hf.get("sliding_window")):
+        raise invalid(f"{where}: sliding_window", "no sliding-window attention",
+                      hf.get("sliding_window"))
+    act = hf.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise invalid(f"{where}: hidden_act", "'silu' (SwiGLU MLP)", act)
+    d = int(hf["hidden_size"])
+    n_heads = int(hf["num_attention_heads"])
+    eos = hf.get("eos_token_id")
+    eos_ids = tuple(int(e) for e in eos) if isinstance(eos, list) else (
+        () if eos is None else (int(eos),))
+    scaling = hf.get("rope_scaling")
+    rope_scaling = None
+    if scaling:
+        rope_scaling = tuple(sorted((str(k), v if isinstance(v, str) else float(v))
+                                    for k, v in scaling.items() if v is not None))
+    head_dim = int(hf.get("head_dim") or 0)
+    if head_dim == d // n_heads and d % n_heads == 0:
+        head_dim = 0
+    cfg = ModelConfig(
+        vocab_size=int(hf["vocab_size"]),
+        d_model=d,
+        n_layers=int(hf["num_hidden_layers"]),
+        n_heads=n_heads,
+        n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
+        d_ff=int(hf["intermediate_size"]),
+        head_dim=head_dim,
+        rope_theta=float(hf.get("rope_theta", 10_000.0)),
+        rope_scaling=rope_scaling,
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qk_norm=arch == "qwen3",
+        max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+        architecture=arch,  # type: ignore[arg-type]
+        bos_token_id=None if hf.get("bos_token_id") is None else int(hf["bos_token_id"]),
+        eos_token_ids=eos_ids,
+        pad_token_id=None if hf.get("pad_token_id") is None else int(hf["pad_token_id"]),
+    )
+    from .decoder import rope_inv_freq
+
+    rope_inv_freq(cfg)  # raises on unsupported rope scaling
+    return cfg
+
+
+def config_to_hf(config: ModelConfig, *, dtype: str = "float32") -> dict[str, Any]:
+    """The Hugging Face ``config.json`` dict of a `ModelConfig`.
+
+    Example:
+        >>> from tinkex_jax.local.model.config import ModelConfig
+        >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2,
+        ...                   n_kv_heads=1, d_ff=16)
+        >>> config_from_hf(config_to_hf(cfg)) == cfg
+        True
+    """
+    c = config
+    eos: Any = list(c.eos_token_ids) if len(c.eos_token_ids) > 1 else (
+        c.eos_token_ids[0] if c.eos_token_ids else None)
+    out: dict[str, Any] = {
+        "architectures": [_HF_ARCH[c.architecture]],
+        "model_type": c.architecture,
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.d_model,
+        "intermediate_size": c.d_ff,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads,
+        "head_dim": c.head_size,
+        "hidden_act": "silu",
+        "max_position_embeddings": c.max_seq_len,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "rope_scaling": dict(c.rope_scaling) if c.rope_scaling else None,
+        "tie_word_embeddings": c.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": eos,
+        "pad_token_id": c.pad_token_id,
+        "torch_dtype": dtype,
+    }
+    if c.qk_norm != (c.architecture == "qwen3"):
+        raise invalid("ModelConfig.qk_norm", f"{c.architecture == 'qwen3'} for architecture "
+                      f"{c.architecture!r} (Hugging Face derives it from the architecture)",
+                      c.qk_norm, "set architecture='qwen3' for q/k norms")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tensors
+# --------------------------------------------------------------------------------------------
+
+
+def params_from_hf(tensors: Mapping[str, Any], config: ModelConfig, *,
+                   where: str = "checkpoint") -> Params:
+    """Base parameters (float32, ``[in, out]``, stacked layers) from HF-named tensors.
+
+    Raises:
+        ValidationError: A missing tensor or a tensor of the wrong shape (the message names
+            it and the expected shape).
+
+    Example:
+        >>> from tinkex_jax.local.model.config import ModelConfig
+        >>> from tinkex_jax.local.model.decoder import init_params
+        >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2,
+        ...                   n_kv_heads=1, d_ff=16)
+        >>> p = params_from_hf(params_to_hf(init_params(cfg), cfg), cfg)
+        >>> p["layers"]["w_down"].shape
+        (1, 16, 8)
+    """
+    import jax
+
+    from .decoder import init_params
+
+    template = jax.eval_shape(lambda: init_params(config))  # shapes only, no allocation
+    prefix = "model."
+    # Some exports omit the "model." prefix; accept them.
+    if f"{prefix}embed_tokens.weight" not in tensors and "embed_tokens.weight" in tensors:
+        prefix = ""
+
+    def get(name: str, shape: tuple[int, ...], transpose: bool) -> np.ndarray:
+        if name not in tensors:
+            raise invalid(f"{where}: tensor {name!r}", f"present (shape {list(shape)})",
+                          "<missing>", "check that the checkpoint matches config.json")
+        arr = np.asarray(tensors[name]).astype(np.float32)
+        if transpose:
+            arr = arr.T
+        if arr.shape != shape:
+            expected = list(shape[::-1] if transpose else shape)
+            raise invalid(f"{where}: tensor {name!r}", f"shape {expected}",
+                          f"<shape {list(np.asarray(tensors[name]).shape)}>",
+                          "check that the checkpoint matches config.json")
+        return arr
+
+    layers: dict[str, Any] = {}
+    for ours, stacked in template["layers"].items():
+        per = [get(f"{prefix}layers.{i}.{_LAYER_NAMES[ours]}.weight", stacked.shape[1:],
+                   ours in _MATRICES) for i in range(config.n_layers)]
+        layers[ours] = jnp.asarray(np.stack(per))
+    params: Params = {
+        "embed": jnp.asarray(get(f"{prefix}embed_tokens.weight",
+                                 template["embed"].shape, False)),
+        "layers": layers,
+        "final_norm": jnp.asarray(get(f"{prefix}norm.weight", template["final_norm"].shape,
+                                      False)),
+    }
+    if not config.tie_embeddings:
+        params["unembed"] = jnp.asarray(get("lm_head.weight", template["unembed"].shape,
+                                            True))
+    return params
+
+
+def params_to_hf(params: Params, config: ModelConfig, *,
+                 dtype: str = "float32") -> dict[str, np.ndarray]:
+    """HF-named host tensors (``[out, in]``) in `dtype` from base parameters.
+
+    Example:
+        >>> from tinkex_jax.local.model.config import ModelConfig
+        >>> from tinkex_jax.local.model.decoder import init_params
+        >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2,
+        ...                   n_kv_heads=1, d_ff=16)
+        >>> params_to_hf(init_params(cfg), cfg)["model.layers.0.mlp.down_proj.weight"].shape
+        (8, 16)
+    """
+    np_dtype = _np_dtype(dtype)
+    out: dict[str, np.ndarray] = {}
+
+    def put(name: str, value: Any, transpose: bool) -> None:
+        arr = np.asarray(value, dtype=np.float32)
+        out[name] = np.ascontiguousarray(arr.T if transpose else arr).astype(np_dtype)
+
+    put("model.embed_tokens.weight", params["embed"], False)
+    for ours, stacked in params["layers"].items():
+        for i in range(config.n_layers):
+            put(f"model.layers.{i}.{_LAYER_NAMES[ours]}.weight", stacked[i], ours in _MATRICES)
+    put("model.norm.weight", params["final_norm"], False)
+    if "unembed" in params:
+        put("lm_head.weight", params["unembed"], True)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise invalid(str(path), "a readable JSON file", f"<{type(exc).__name__}: {exc}>",
+                      "check the model directory") from exc
+    if not isinstance(data, dict):
+        raise invalid(str(path), "a JSON object", f"<JSON {type(data).__name__}>")
+    return data
+
+
+def _read_safetensors(files: Sequence[Path]) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    tensors: dict[str, np.ndarray] = {}
+    for f in files:
+        try:
+            tensors.update(load_file(str(f)))
+        except Exception as exc:  # safetensors raises its own error types
+            raise invalid(str(f), "a readable .safetensors file",
+                          f"<{type(exc).__name__}: {exc}>", "re-download or re-export it"
+                          ) from exc
+    return tensors
+
+
+def load_checkpoint_files(config_path: Path, weight_files: Sequence[Path],
+                          tokenizer_path: Path | None, *, name: str) -> LoadedModel:
+    """Loads a model from explicit file paths (used for directories and flat presets).
+
+    Args:
+        config_path: The ``config.json``.
+        weight_files: Every ``.safetensors`` file holding the weights.
+        tokenizer_path: A ``tokenizer.json`` or None.
+        name: The name recorded in the result.
+
+    Returns:
+        A `LoadedModel`.
+
+    Example:
+        >>> from tinkex_jax.local.model.presets import PRESETS_DIR
+        >>> m = load_checkpoint_files(PRESETS_DIR / "tiny.config.json",
+        ...                           [PRESETS_DIR / "tiny.safetensors"], None, name="tiny")
+        >>> m.config.d_model, m.tokenizer is None
+        (128, True)
+    """
+    config = config_from_hf(_read_json(config_path), where=str(config_path))
+    tensors = _read_safetensors(weight_files)
+    params = params_from_hf(tensors, config, where=str(weight_files[0].parent))
+    tokenizer = None
+    if tokenizer_path is not None and tokenizer_path.exists():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    return LoadedModel(name=name, model=Model(params, config), tokenizer=tokenizer,
+                       source=config_path.parent)
+
+
+def load_hf_directory(path: str | os.PathLike[str]) -> LoadedModel:
+    """Loads a Llama / Qwen3 Hugging Face directory from local disk.
+
+    Args:
+        path: A directory with ``config.json``, ``model.safetensors`` (or shards with
+            ``model.safetensors.index.json``) and optionally ``tokenizer.json``.
+
+    Returns:
+        A `LoadedModel` (float32 parameters whatever the stored dtype).
+
+    Raises:
+        ValidationError: Missing files, an unsupported architecture, or tensors that do not
+            match the config.
+
+    Example:
+        >>> import tempfile
+        >>> from tinkex_jax.local.model.config import ModelConfig
+        >>> from tinkex_jax.local.model.decoder import init_params
+        >>> from tinkex_jax.local.model.runtime import Model
+        >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2,
+        ...                   n_kv_heads=1, d_ff=16, architecture="qwen3", qk_norm=True)
+        >>> d = save_hf_directory(tempfile.mkdtemp(), Model(init_params(cfg), cfg),
+        ...                       max_shard_bytes=1000)
+        >>> load_hf_directory(d).model.params["layers"]["q_norm"].shape
+        (1, 4)
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise invalid("base model path", "an existing directory with config.json and "
+                      "*.safetensors", str(path), "check the path")
+    config_path = root / "config.json"
+    if not config_path.exists():
+        raise invalid(str(root), "a config.json file", "<missing>",
+                      "this does not look like a Hugging Face model directory")
+    index = root / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = _read_json(index).get("weight_map", {})
+        files = sorted({root / f for f in weight_map.values()})
+    elif (root / "model.safetensors").exists():
+        files = [root / "model.safetensors"]
+    else:
+        files = sorted(root.glob("*.safetensors"))
+    if not files:
+        raise invalid(str(root), "model.safetensors or a sharded index "
+                      "(model.safetensors.index.json)", "<no .safetensors files>",
+                      "PyTorch .bin checkpoints are not supported; convert to safetensors")
+    return load_checkpoint_files(config_path, files, root / "tokenizer.json", name=str(root))
+
+
+def save_hf_directory(path: str | os.PathLike[str], model: Model, tokenizer: Any = None, *,
+                      dtype: str = "float32", max_shard_bytes: int | None = None,
+                      tokenizer_config: Mapping[str, Any] | None = None) -> Path:
+    """Writes `model` as a Hugging Face directory (config, safetensors, tokenizer).
+
+    Args:
+        path: Target directory (created if needed).
+        model: The model to save (merge an adapter first with `merge_lora`).
+        tokenizer: A ``tokenizers.Tokenizer`` to save as ``tokenizer.json``, or None.
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        max_shard_bytes: Split the weights into shards of at most this size (plus an index),
+            like ``transformers``'s ``max_shard_size``; None writes one file.
+        tokenizer_config: ``tokenizer_config.json`` content (default: the byte tokenizer's).
+
+    Returns:
+        The directory path.
+
+    Example:
+        >>> import tempfile
+        >>> from tinkex_jax.local.model.config import ModelConfig
+        >>> from tinkex_jax.local.model.decoder import init_params
+        >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2,
+        ...                   n_kv_heads=1, d_ff=16)
+        >>> d = save_hf_directory(tempfile.mkdtemp(), Model(init_params(cfg), cfg))
+        >>> sorted(p.name for p in d.iterdir())
+        ['config.json', 'model.safetensors']
+    """
+    from safetensors.numpy import save_file
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    hf_cfg = config_to_hf(model.config, dtype=dtype)
+    (root / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n", encoding="utf-8")
+    tensors = params_to_hf(model.params, model.config, dtype=dtype)
+    meta = {"format": "pt"}
+    if max_shard_bytes is None:
+        save_file(tensors, str(root / "model.safetensors"), metadata=meta)
+    else:
+        shards: list[dict[str, np.ndarray]] = [{}]
+        size = 0
+        for name, arr in tensors.items():
+            if shards[-1] and size + arr.nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][name] = arr
+            size += arr.nbytes
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(root / fname), metadata=meta)
+            weight_map.update({name: fname for name in shard})
+        index = {"metadata": {"total_size": int(sum(a.nbytes for a in tensors.values()))},
+                 "weight_map": weight_map}
+        (root / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n",
+                                                            encoding="utf-8")
+    if tokenizer is not None:
+        from .tokenizer import save_tokenizer
+        from .tokenizer import tokenizer_config as default_tok_cfg
+
+        save_tokenizer(tokenizer, root, config=dict(tokenizer_config or default_tok_cfg()))
+    return root
