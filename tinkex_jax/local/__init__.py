@@ -1,0 +1,54 @@
+"""The embedded local backend: a Tinker-compatible server inside tinkex_jax.
+
+It serves the Tinker HTTP protocol (PROTOCOL.md) from this machine, so the README demo runs
+offline, tests hit a real server, and the unmodified official ``tinker`` SDK works against
+it. Models are small JAX Llama / Qwen3 decoders with LoRA adapters (presets
+``tinkex-jax/tiny`` and ``tinkex-jax/small``, or local Hugging Face directories).
+
+* `serve` — a context manager running the server in a background thread on a free port.
+* `create_app` / `build_app` — the ASGI app, for running under your own uvicorn.
+* ``tinkex serve --port 8000 --data-dir DIR`` — the command line.
+
+Example:
+    >>> from tinkex_jax.local import serve
+    >>> with serve(base_models=["tinkex-jax/tiny"]) as server:  # doctest: +SKIP
+    ...     import tinker
+    ...     sc = tinker.ServiceClient(base_url=server.base_url, api_key=server.api_key)
+
+``import tinkex_jax.local`` is cheap: JAX is imported when a server starts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._config import DEFAULT_BASE_MODELS, ServerConfig, default_data_dir
+from ._server import LocalServer, build_app, run_server, serve
+
+if TYPE_CHECKING:
+    from ._app import create_app
+    from ._engine import Engine
+
+__all__ = [
+    "DEFAULT_BASE_MODELS",
+    "Engine",
+    "LocalServer",
+    "ServerConfig",
+    "build_app",
+    "create_app",
+    "default_data_dir",
+    "run_server",
+    "serve",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from ._app import create_app
+
+        return create_app
+    if name == "Engine":
+        from ._engine import Engine
+
+        return Engine
+    raise AttributeError(f"module 'tinkex_jax.local' has no attribute {name!r}")

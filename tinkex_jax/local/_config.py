@@ -1,0 +1,121 @@
+"""Settings of the embedded local backend (one frozen value, passed to every part)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import invalid
+
+__all__ = ["DEFAULT_BASE_MODELS", "LOCALHOST", "ServerConfig", "default_data_dir"]
+
+LOCALHOST = "127.0.0.1"
+#: Base models served when none are named: the two presets shipped with the model layer.
+DEFAULT_BASE_MODELS: tuple[str, ...] = ("tinkex-jax/tiny", "tinkex-jax/small")
+
+
+def default_data_dir() -> Path:
+    """Where `tinkex serve` keeps its data when no directory is given.
+
+    ``$TINKEX_LOCAL_DATA_DIR`` if set, else ``~/.tinkex/local``.
+
+    Example:
+        >>> default_data_dir().name in ("local", os.environ.get("TINKEX_LOCAL_DATA_DIR", "local"))
+        True
+    """
+    env = os.environ.get("TINKEX_LOCAL_DATA_DIR")
+    return Path(env) if env else Path.home() / ".tinkex" / "local"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the local server needs to know; immutable.
+
+    Attributes:
+        data_dir: Directory for the SQLite database and checkpoint files (created if missing).
+        host: Interface to bind; 127.0.0.1 unless you really mean to expose the server.
+        port: TCP port; 0 picks a free one.
+        api_key: If set, the only accepted ``X-API-Key``; otherwise any key starting with
+            ``tml-`` is accepted. Never logged.
+        base_models: Names (presets such as ``tinkex-jax/tiny``) or local Hugging Face
+            directories the server offers for training and sampling.
+        long_poll_timeout_s: How long ``retrieve_future`` holds a request before answering
+            ``try_again`` (must stay below the SDK's 45 s read timeout).
+        compute_workers: Threads that run model computations (1 is best on a small CPU:
+            XLA already uses every core for one computation).
+        result_retention_s: How long a retrieved result stays re-fetchable.
+        max_retained_results: Upper bound on finished results kept in memory.
+        reap_interval_s: How often expired checkpoints are deleted in the background.
+        max_tokens_default: ``max_tokens`` of a sample request that sets none.
+        proto_compress_fwdbwd: Ask clients to zstd-compress forward_backward bodies.
+        fwdbwd_max_chunk_len: Most datums per forward_backward request (clients split
+            larger calls into chunks).
+        use_pyqwest_transport: What ``client/config`` tells the official SDK about its
+            transport (both work against this plain HTTP/1.1 server).
+        warm_up: Load the base models at start-up (so the first request does not pay for it).
+        max_live_samplers: Sampling sessions kept in memory (least recently used beyond this
+            are dropped; those over saved weights reload on use).
+        max_sampler_handles: Samplers whose merged weights stay prepared for decoding.
+
+    Example:
+        >>> cfg = ServerConfig(data_dir=Path("/tmp/x"), port=0)
+        >>> cfg.host, cfg.long_poll_timeout_s
+        ('127.0.0.1', 30.0)
+    """
+
+    data_dir: Path
+    host: str = LOCALHOST
+    port: int = 8000
+    api_key: str | None = field(default=None, repr=False)
+    base_models: tuple[str, ...] = DEFAULT_BASE_MODELS
+    long_poll_timeout_s: float = 30.0
+    compute_workers: int = 1
+    result_retention_s: float = 600.0
+    max_retained_results: int = 10_000
+    reap_interval_s: float = 60.0
+    max_tokens_default: int = 64
+    proto_compress_fwdbwd: bool = False
+    fwdbwd_max_chunk_len: int = 1024
+    use_pyqwest_transport: bool = False
+    warm_up: bool = True
+    max_live_samplers: int = 256
+    max_sampler_handles: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "base_models", tuple(self.base_models))
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise invalid("ServerConfig.port", "an int in [0, 65535] (0 = any free port)",
+                          self.port)
+        if self.api_key is not None and not self.api_key.startswith("tml-"):
+            raise invalid("ServerConfig.api_key", "a key starting with 'tml-'", "<redacted>",
+                          "the official SDK only sends keys that start with 'tml-'")
+        if not 0 < self.long_poll_timeout_s <= 40:
+            raise invalid("ServerConfig.long_poll_timeout_s", "seconds in (0, 40]",
+                          self.long_poll_timeout_s,
+                          "the SDK gives up on a poll after 45 s, so stay below that")
+        if self.compute_workers < 1:
+            raise invalid("ServerConfig.compute_workers", "an int >= 1", self.compute_workers)
+        if not self.base_models:
+            raise invalid("ServerConfig.base_models", "at least one base model", [],
+                          f"e.g. {list(DEFAULT_BASE_MODELS)}")
+
+    def replace(self, **changes: object) -> ServerConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def create(cls, data_dir: str | os.PathLike[str] | None = None,
+               base_models: Sequence[str] | None = None, **kwargs: object) -> ServerConfig:
+        """Build a config, defaulting the data directory and the base models.
+
+        Example:
+            >>> ServerConfig.create("/tmp/d", ["tinkex-jax/tiny"]).base_models
+            ('tinkex-jax/tiny',)
+        """
+        path = Path(data_dir) if data_dir is not None else default_data_dir()
+        models = tuple(base_models) if base_models is not None else DEFAULT_BASE_MODELS
+        return cls(data_dir=path, base_models=models, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,87 @@
+"""Errors the local server answers with: an HTTP status plus a JSON message that says what
+was wrong and how to fix it (never an empty body)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = [
+    "Category",
+    "ConflictError",
+    "GoneError",
+    "NotFoundError",
+    "ServerError",
+    "UnauthorizedError",
+    "UserError",
+    "error_body",
+]
+
+Category = Literal["user", "server", "unknown"]
+
+
+class ServerError(Exception):
+    """A failure with an HTTP status; inside a future it becomes ``{"error", "category"}``.
+
+    Attributes:
+        status: The HTTP status of a direct answer.
+        category: The ``category`` reported when the failure is a future's result.
+        code: A short machine-readable name.
+
+    Example:
+        >>> e = UserError("bad loss")
+        >>> e.status, e.category, error_body(e)
+        (400, 'user', {'detail': 'bad loss', 'code': 'invalid_request'})
+    """
+
+    status: int = 500
+    category: Category = "server"
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UserError(ServerError):
+    """The request is invalid (HTTP 400, category ``user``)."""
+
+    status = 400
+    category = "user"
+    code = "invalid_request"
+
+
+class UnauthorizedError(ServerError):
+    """Missing or malformed API key (HTTP 401)."""
+
+    status = 401
+    category = "user"
+    code = "invalid_api_key"
+
+
+class NotFoundError(ServerError):
+    """An unknown id or path (HTTP 404)."""
+
+    status = 404
+    category = "user"
+    code = "not_found"
+
+
+class ConflictError(ServerError):
+    """The request conflicts with what exists (HTTP 409)."""
+
+    status = 409
+    category = "user"
+    code = "conflict"
+
+
+class GoneError(ServerError):
+    """The session has finished (HTTP 410)."""
+
+    status = 410
+    category = "user"
+    code = "gone"
+
+
+def error_body(error: ServerError) -> dict[str, str]:
+    """The JSON body of a direct error answer (FastAPI-style ``detail``)."""
+    return {"detail": error.message, "code": error.code}
