@@ -1,0 +1,168 @@
+"""The client-side half of forward_backward_custom, with no server: padding, compile counts,
+gradients, side arrays, stateful terms and the surrogate datums."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import losses
+from losses import BucketPolicy, LossBatch
+from regularizers import adaptive_kl, entropy, l2
+from tinkex_jax import Datum, ModelInput, ValidationError
+from tinkex_jax.builders import datum_from_tokens
+from tinkex_jax.custom_loss import (
+    CustomLoss,
+    _custom_loss_for,
+    merge_custom_metrics,
+    surrogate_data,
+    surrogate_forward_data,
+)
+
+
+def nll(logprobs: jax.Array, batch: LossBatch) -> tuple[jax.Array, dict[str, Any]]:
+    return losses.cross_entropy(logprobs, batch.inputs["weights"], where=batch.mask,
+                                reduction="sum"), {"seen/tokens:sum": jnp.sum(batch.mask)}
+
+
+def _inputs(lengths: tuple[int, ...], seed: int = 0) -> tuple[list[dict[str, np.ndarray]],
+                                                                list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    inputs = [{"target_tokens": rng.integers(0, 50, n),
+               "weights": rng.uniform(0, 1, n).astype(np.float32)} for n in lengths]
+    logprobs = [rng.uniform(-5, -0.1, n).astype(np.float32) for n in lengths]
+    return inputs, logprobs
+
+
+def test_gradients_are_the_per_datum_gradients_of_the_unpadded_loss() -> None:
+    inputs, logprobs = _inputs((3, 7, 5))
+    custom = CustomLoss(nll, [("l2", l2(), 0.3)])
+    out = custom(inputs, logprobs)
+
+    def reference(lps: list[jax.Array]) -> jax.Array:  # the same loss, datum by datum
+        ce = sum(-jnp.sum(lp * d["weights"]) for lp, d in zip(lps, inputs, strict=True))
+        per_datum_l2 = jnp.stack([jnp.mean(lp ** 2) for lp in lps])
+        return ce + 0.3 * jnp.mean(per_datum_l2)
+
+    value, grads = jax.value_and_grad(reference)([jnp.asarray(lp) for lp in logprobs])
+    assert out.loss == pytest.approx(float(value), rel=1e-5)
+    assert [g.shape for g in out.grads] == [(3,), (7,), (5,)]
+    for got, want in zip(out.grads, grads, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert out.metrics["seen/tokens:sum"] == 15.0
+    assert out.metrics["reg/l2/weight:mean"] == pytest.approx(0.3)
+    assert out.metrics["loss/total:sum"] == pytest.approx(out.loss, rel=1e-6)
+
+
+def test_one_trace_per_bucket() -> None:
+    custom = CustomLoss(nll)
+    for lengths in ((3, 5), (16, 1), (9, 2), (4, 4)):  # B = 2, T = 16 every time
+        custom(*_inputs(lengths))
+    assert custom.trace_count == 1
+    custom(*_inputs((17, 2)))  # T = 32
+    custom(*_inputs((3, 3, 3)))  # B = 4
+    assert custom.trace_count == 3
+    custom(*_inputs((30, 20)))
+    assert custom.trace_count == 3
+
+
+def test_extras_and_datum_extras_reach_the_loss() -> None:
+    inputs, logprobs = _inputs((4, 6))
+    reference = [lp - 1.0 for lp in logprobs]
+
+    def uses_side_arrays(lp: jax.Array, batch: LossBatch) -> tuple[jax.Array, dict[str, Any]]:
+        diff = (lp - batch.extras["ref"]) * batch.mask
+        return jnp.sum(diff) * batch.extras["scale"], {}
+
+    out = CustomLoss(uses_side_arrays)(inputs, logprobs, extras={"scale": np.float32(2.0)},
+                                       datum_extras=[{"ref": r} for r in reference])
+    assert out.loss == pytest.approx(2.0 * 10)
+    np.testing.assert_allclose(np.concatenate(out.grads), 2.0)
+
+
+def test_two_dimensional_targets() -> None:
+    inputs = [{"target_tokens": np.zeros((n, 3), np.int32)} for n in (2, 5)]
+    logprobs = [np.full((n, 3), -1.0, np.float32) for n in (2, 5)]
+
+    def topk(lp: jax.Array, batch: LossBatch) -> tuple[jax.Array, dict[str, Any]]:
+        return -jnp.sum(lp * batch.mask[..., None]), {}
+
+    out = CustomLoss(topk)(inputs, logprobs)
+    assert out.loss == pytest.approx(21.0)
+    assert [g.shape for g in out.grads] == [(2, 3), (5, 3)]
+
+
+def test_stateful_terms_advance_in_call_order() -> None:
+    inputs, logprobs = _inputs((5, 5))
+    term = adaptive_kl(reference="ref", target_kl=0.01, horizon=10.0, init_coef=0.2)
+    custom = CustomLoss(nll, [("kl", term, 1.0)])
+    refs = [{"ref": lp + 0.5} for lp in logprobs]
+    coefs = []
+    for _ in range(3):  # KL far above its target: the coefficient grows every call
+        out = custom(inputs, logprobs, datum_extras=refs)
+        coefs.append(out.metrics["reg/kl/coef:mean"])
+    assert coefs[0] == pytest.approx(0.2)
+    assert coefs[0] < coefs[1] < coefs[2]
+    assert custom.trace_count == 1
+
+
+def test_errors_are_raised_before_evaluation() -> None:
+    inputs, logprobs = _inputs((3,))
+    with pytest.raises(ValidationError, match="must be a scalar"):
+        CustomLoss(lambda lp, b: (lp, {}))(inputs, logprobs)
+    with pytest.raises(ValidationError, match=r"Expected loss_fn\(logprobs"):
+        CustomLoss(lambda data, lps: (lps[0].item(), {}))(inputs, logprobs)
+    with pytest.raises(ValidationError, match="regularizers"):
+        CustomLoss(nll, [("bad name", l2(), 1.0)])
+    with pytest.raises(ValidationError, match="target_tokens"):
+        CustomLoss(nll).prepare([{"weights": np.ones(3)}])
+    with pytest.raises(ValueError, match="shape"):
+        custom = CustomLoss(nll)
+        custom.evaluate([np.zeros(4)], custom.prepare(inputs))
+
+
+def test_non_finite_loss_is_refused() -> None:
+    inputs, logprobs = _inputs((3,))
+    with pytest.raises(ValueError, match="not finite"):
+        CustomLoss(lambda lp, b: (jnp.sum(jnp.log(lp * 0.0)), {}))(inputs, logprobs)
+
+
+def test_plain_functions_share_one_cached_compile() -> None:
+    reg = [("ent", entropy(), 0.1)]
+    first = _custom_loss_for(nll, reg, None)
+    assert _custom_loss_for(nll, reg, None) is first
+    assert _custom_loss_for(nll, None, None) is not first
+    assert _custom_loss_for(nll, reg, BucketPolicy(min_datums=2)) is not first
+    with pytest.raises(ValidationError, match="CustomLoss"):
+        _custom_loss_for(first, reg, None)
+
+
+def test_surrogate_datums() -> None:
+    base = datum_from_tokens([5, 6, 7, 8], [0.0, 0.0, 1.0, 1.0])
+    datum = Datum(model_input=base.model_input, loss_fn_inputs={
+        "target_tokens": base.loss_fn_inputs["target_tokens"], "advantages": [1.0, 2.0, 3.0]})
+    forward = surrogate_forward_data([datum])
+    assert sorted(forward[0].loss_fn_inputs) == ["target_tokens", "weights"]
+    assert forward[0].loss_fn_inputs["weights"].tolist() == [0.0, 0.0, 0.0]
+    backward = surrogate_data(forward, [np.array([1.0, -2.0, 0.5])])
+    assert backward[0].loss_fn_inputs["weights"].tolist() == [-1.0, 2.0, -0.5]
+    assert backward[0].loss_fn_inputs["target_tokens"].tolist() == [6, 7, 8]
+    assert backward[0].model_input == datum.model_input
+    with pytest.raises(ValidationError, match="target_tokens"):
+        surrogate_forward_data([Datum(model_input=ModelInput.from_ints([1]),
+                                      loss_fn_inputs={"weights": [1.0]})])
+    with pytest.raises(ValidationError, match="at least one"):
+        surrogate_forward_data([])
+
+
+def test_metric_merge_follows_the_official_sdk() -> None:
+    merged = merge_custom_metrics({"loss:sum": 4.0, "num_tokens:sum": 9.0}, 1.25,
+                                  {"mine:mean": 0.5})
+    assert merged == {"num_tokens:sum": 9.0, "mine:mean": 0.5, "loss:sum": 1.25,
+                      "surrogate_loss:sum": 4.0}
+    with pytest.raises(KeyError, match="loss:sum"):
+        merge_custom_metrics({"num_tokens:sum": 9.0}, 1.0, {})
