@@ -20,6 +20,7 @@ from regularizers._base import (
     Reference,
     Regularizer,
     StatefulRegularizer,
+    restrict,
 )
 from regularizers._compose import (
     METRIC_REDUCTIONS,
@@ -70,5 +71,6 @@ __all__ = [
     "l2",
     "orthogonality",
     "report_metrics",
+    "restrict",
     "validate_metric_key",
 ]

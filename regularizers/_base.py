@@ -43,6 +43,7 @@ __all__ = [
     "over_datums",
     "per_datum",
     "resolve_reference",
+    "restrict",
     "transform",
 ]
 
@@ -190,3 +191,45 @@ def check_nonnegative(value: object, *, name: str, where: str, strict: bool = Fa
     if not math.isfinite(v) or v < 0 or (strict and v == 0):
         raise ValueError(f"{where}: {name} must be a finite number {bound}; got {value!r}.")
     return v
+
+
+def restrict(term: Any, where: Reference) -> Any:
+    """Evaluates a term only on the tokens where ``where`` is non-zero (e.g. the completion).
+
+    Terms see every real token by default (``batch.mask``), prompt tokens included. With
+    ``restrict(term, "weights")`` they see only the tokens a datum trains on. ``where`` is a
+    :data:`Reference` (a ``loss_fn_inputs`` / extras key, a function of the batch, or an
+    array); it is multiplied into ``batch.mask``, so a datum without any selected token counts
+    as empty (its per-datum mean is 0). Works for stateless and stateful terms.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from losses import LossBatch
+      >>> from regularizers import l2, restrict
+      >>> batch = LossBatch({"weights": jnp.array([[0.0, 1.0]])}, jnp.ones((1, 2)),
+      ...                   jnp.ones(1), {})
+      >>> lp = jnp.array([[-3.0, -1.0]])
+      >>> float(l2()(lp, batch)[0]), float(restrict(l2(), "weights")(lp, batch)[0])
+      (5.0, 1.0)
+    """
+    fn = "regularizers.restrict"
+
+    def narrowed(logprobs: Array, batch: LossBatch) -> LossBatch:
+        mask = jnp.asarray(batch.mask)
+        selected = resolve_reference(where, batch, tuple(mask.shape), mask.dtype, where=fn,
+                                     name="where")
+        return batch._replace(mask=mask * (selected != 0).astype(mask.dtype))
+
+    if isinstance(term, StatefulRegularizer):
+        def update(logprobs: Array, batch: LossBatch, state: Any) -> Any:
+            return term.update(logprobs, narrowed(logprobs, batch), state)
+
+        return StatefulRegularizer(init=term.init, update=update)
+    if not callable(term):
+        raise TypeError(f"{fn}: term must be a regularizer; got {type(term).__name__}.")
+
+    def restricted(logprobs: Array, batch: LossBatch) -> tuple[Array, Metrics]:
+        result: tuple[Array, Metrics] = term(logprobs, narrowed(logprobs, batch))
+        return result
+
+    return restricted

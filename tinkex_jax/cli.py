@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -82,7 +83,48 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- demo
+
+
+def _configure_demo(parser: argparse.ArgumentParser) -> None:
+    from .demo import DemoConfig
+
+    defaults = DemoConfig()
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seeds the words, the LoRA init and sampling (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=defaults.steps,
+                        help="optimizer steps (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="words per step (default %(default)s)")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                        help="peak AdamW learning rate, cosine-decayed (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=defaults.out_dir,
+                        help="directory for the loss-curve PNG (default %(default)s)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="keep the local backend's checkpoints here (default: a temporary "
+                             "directory, removed at the end)")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+    from .errors import ValidationError
+
+    if args.steps < 1 or args.batch_size < 1:
+        print("tinkex demo: --steps and --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        run_demo(DemoConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+                            learning_rate=args.learning_rate, out_dir=args.out,
+                            data_dir=args.data_dir))
+    except ValidationError as exc:
+        print(f"tinkex demo: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 COMMANDS: list[Command] = [
+    Command("demo", "fine-tune tinkex-jax/tiny offline to reverse words (the main job)",
+            _configure_demo, _run_demo),
     Command("serve", "run the embedded local Tinker backend (an HTTP server)",
             _configure_serve, _run_serve),
 ]
