@@ -24,7 +24,7 @@ def test_serve_arguments() -> None:
                                       "--base-model", "a", "--base-model", "b"])
     assert (args.port, args.data_dir, args.base_models) == (9001, "/tmp/x", ["a", "b"])
     assert args.host == "127.0.0.1" and args.api_key is None
-    assert [c.name for c in COMMANDS] == ["serve"]
+    assert "serve" in [c.name for c in COMMANDS]
 
 
 def test_bad_settings_exit_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
