@@ -4,6 +4,7 @@ Clients in `tinkex_jax.clients` are thin layers over `Shell`; the only public na
 comes from here is `Future` (re-exported as ``tinkex_jax.Future``).
 """
 
+from ._auth import CredentialAuth, JwtCore, whoami_from_jwt
 from ._config import LOCAL_API_KEY, Secret, Settings, join_url, resolve_settings
 from ._constants import ENDPOINTS, PACKAGE_VERSION, PROTOCOL_VERSION, Endpoint
 from ._future import Future
@@ -21,11 +22,13 @@ __all__ = [
     "REAL_RUNTIME",
     "SDK_METHOD",
     "ApiKeyAuth",
+    "CredentialAuth",
     "Endpoint",
     "FakeTime",
     "FinishStatus",
     "Future",
     "HttpCore",
+    "JwtCore",
     "QueueStateLogger",
     "Runtime",
     "Secret",
@@ -37,4 +40,5 @@ __all__ = [
     "resolve_settings",
     "retrieve_future",
     "shadow_shell",
+    "whoami_from_jwt",
 ]

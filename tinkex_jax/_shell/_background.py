@@ -26,7 +26,7 @@ from ..types import (
     UnhandledExceptionEvent,
 )
 from ._constants import PROTOCOL_VERSION
-from ._errors import redact
+from ._errors import SecretSet, redact
 from ._runtime import Runtime
 
 __all__ = ["Telemetry", "heartbeat_loop", "refresh_loop"]
@@ -119,7 +119,9 @@ class Telemetry:
         self._send = send
         self._runtime = runtime
         self._session_id = session_id
-        self._secrets = tuple(secrets)
+        # a SecretSet grows while the session runs (JWTs, command outputs): keep it live
+        self._secrets: Iterable[str] = (secrets if isinstance(secrets, SecretSet)
+                                        else tuple(secrets))
         self._events: collections.deque[TelemetryEvent] = collections.deque()
         self._lock = threading.Lock()
         self._index = 0

@@ -1,7 +1,14 @@
-"""Client settings as frozen values, resolved by one pure function (PROTOCOL.md §0, §1).
+"""Client settings as frozen values, resolved by one function (PROTOCOL.md §0, §1).
 
-Precedence is always: explicit argument > environment variable > default. Nothing here does
-I/O; `resolve_settings` takes the environment as a mapping so tests pass their own.
+Precedence is always: explicit argument > environment variable > default. `resolve_settings`
+takes the environment as a mapping so tests pass their own; its only I/O is reading the
+stored credentials file (``~/.tinker/credentials.json``, located from that mapping's
+``HOME``) when no other credential is configured.
+
+Credentials (§1.2), first match wins: the ``api_key`` argument, ``TINKER_API_KEY``,
+``TINKER_CREDENTIAL_CMD`` (a shell command printing a credential, run for every request by
+the auth flow in `tinkex_jax._shell._auth`), the default key stored by ``tinker auth login``,
+and on a loopback base URL the local backend's ``tml-local``.
 
 Example:
     >>> s = resolve_settings(api_key="tml-abc", env={"TINKER_TAGS": "b,a,b"})
@@ -16,11 +23,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 import platform
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -36,20 +45,29 @@ from ._constants import (
 )
 
 __all__ = [
+    "CREDENTIAL_CMD_ENV",
     "LOCAL_API_KEY",
+    "CredentialOrigin",
     "Secret",
     "Settings",
     "check_api_key",
+    "credentials_path",
     "join_url",
     "parse_bool",
     "parse_tags",
     "platform_headers",
+    "read_stored_key",
     "resolve_settings",
 ]
 
 #: The key used when no key is configured and the base URL is a loopback address (the
 #: embedded local backend accepts any ``tml-`` key).
 LOCAL_API_KEY = "tml-local"
+#: The environment variable naming a shell command that prints a credential (§1.2).
+CREDENTIAL_CMD_ENV = "TINKER_CREDENTIAL_CMD"
+#: Where the credential in use came from (shown in messages; never the value).
+CredentialOrigin = Literal["api_key argument", "TINKER_API_KEY", "TINKER_CREDENTIAL_CMD",
+                           "credentials file", "local default"]
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -98,7 +116,8 @@ class Settings:
 
     Attributes:
         base_url: Base URL without a trailing slash (may carry a path prefix).
-        api_key: The credential (a `Secret`).
+        api_key: The static credential (a `Secret`), or None when the credential comes from
+            ``TINKER_CREDENTIAL_CMD`` on every request.
         project_id: Default project of new sessions.
         tags: Session tags, sorted and de-duplicated.
         telemetry: Whether telemetry events are sent.
@@ -110,10 +129,13 @@ class Settings:
         max_retries: Default base-client retries (§6.1).
         proxy: Explicit proxy URL (None: the standard proxy variables, via trust_env).
         trust_env: Whether httpx reads ``HTTP(S)_PROXY`` / ``NO_PROXY`` / ``SSL_CERT_FILE``.
+        credential_cmd: ``TINKER_CREDENTIAL_CMD`` when set (also when a static key wins: a
+            server may ask for the command's credential in the JWT exchange, §1.3).
+        credential_origin: Where the credential in use comes from.
     """
 
     base_url: str
-    api_key: Secret
+    api_key: Secret | None
     project_id: str | None = None
     tags: tuple[str, ...] = ()
     telemetry: bool = True
@@ -127,17 +149,23 @@ class Settings:
     max_retries: int = DEFAULT_MAX_RETRIES
     proxy: Secret | None = None
     trust_env: bool = True
+    credential_cmd: Secret | None = None
+    credential_origin: CredentialOrigin = "api_key argument"
 
     def __repr__(self) -> str:
         headers = sorted(self.default_headers)
-        return (f"Settings(base_url={self.base_url!r}, api_key=<redacted>, "
+        key = "<redacted>" if self.api_key is not None else None
+        return (f"Settings(base_url={self.base_url!r}, api_key={key}, "
+                f"credential_origin={self.credential_origin!r}, "
                 f"project_id={self.project_id!r}, tags={self.tags!r}, "
                 f"telemetry={self.telemetry}, default_headers={headers!r} (values redacted), "
                 f"max_retries={self.max_retries}, proxy={'<set>' if self.proxy else None})")
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret string, for redaction of messages and logs."""
-        out = [self.api_key.reveal()]
+        out = [self.api_key.reveal()] if self.api_key is not None else []
+        if self.credential_cmd is not None and len(self.credential_cmd.reveal()) >= 8:
+            out.append(self.credential_cmd.reveal())
         if self.cloudflare_client_secret is not None:
             out.append(self.cloudflare_client_secret.reveal())
         if self.proxy is not None:
@@ -187,10 +215,11 @@ def _jwt_exp(token: str) -> float | None:
         return None
 
 
-def check_api_key(key: str, *, now: float | None = None) -> None:
+def check_api_key(key: str, *, now: float | None = None, where: str = "api_key") -> None:
     """Check the shape of a credential; the message never contains the key.
 
-    A key must start with ``tml-``, or be a JWT (``eyJ…``) that has not expired.
+    A key must start with ``tml-``, or be a JWT (``eyJ…``) that has not expired. `where`
+    names the key's origin at the start of the message.
 
     Raises:
         TinkerError: the key has the wrong shape or the JWT expired.
@@ -203,20 +232,85 @@ def check_api_key(key: str, *, now: float | None = None) -> None:
         tinkex_jax.TinkerError: api_key: expected a Tinker API key starting with 'tml-' (or a JWT starting with 'eyJ'), got a 6-character string starting with 'sk'. Fix: copy the key from the Tinker console into TINKER_API_KEY, or pass api_key='tml-...'
     """
     if not isinstance(key, str) or not key:
-        raise TinkerError("api_key: expected a non-empty string. Fix: pass api_key='tml-...' or "
-                          "set TINKER_API_KEY")
+        raise TinkerError(f"{where}: expected a non-empty string. Fix: pass api_key='tml-...' "
+                          "or set TINKER_API_KEY")
     if key.startswith("tml-"):
         return
     if key.startswith("eyJ"):
         exp = _jwt_exp(key)
         if exp is not None and exp <= (time.time() if now is None else now):
-            raise TinkerError("api_key: the JWT passed as the API key has expired. Fix: pass a "
+            raise TinkerError(f"{where}: the JWT passed as the API key has expired. Fix: pass a "
                               "fresh token or a 'tml-' API key")
         return
     raise TinkerError(
-        "api_key: expected a Tinker API key starting with 'tml-' (or a JWT starting with 'eyJ'), "
+        f"{where}: expected a Tinker API key starting with 'tml-' (or a JWT starting with "
+        "'eyJ'), "
         f"got a {len(key)}-character string starting with {key[:2]!r}. Fix: copy the key from "
         "the Tinker console into TINKER_API_KEY, or pass api_key='tml-...'")
+
+
+def credentials_path(env: Mapping[str, str]) -> Path | None:
+    """Where ``tinker auth login`` stores keys: ``<home>/.tinker/credentials.json``, the home
+    directory taken from `env` (``HOME``, else ``USERPROFILE``); None without either.
+
+    Example:
+        >>> credentials_path({"HOME": "/home/ada"}).as_posix()
+        '/home/ada/.tinker/credentials.json'
+        >>> credentials_path({}) is None
+        True
+    """
+    home = env.get("HOME") or env.get("USERPROFILE")
+    return Path(home) / ".tinker" / "credentials.json" if home else None
+
+
+def read_stored_key(path: Path | None) -> str | None:
+    """The default key of a credentials file (the shape ``tinker auth login`` writes).
+
+    The file is ``{"version": 1, "default": "<name>", "keys": {"<name>": {"key": "tml-...",
+    ...}}}``; several keys may be stored, the one named by ``default`` is used. A missing
+    file, or one without a default, gives None. Messages name the file, never a key.
+
+    Raises:
+        TinkerError: the file exists but cannot be read or is not of that shape.
+
+    Example:
+        >>> import json, tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "credentials.json"
+        >>> _ = p.write_text(json.dumps({"version": 1, "default": "work", "keys": {
+        ...     "home": {"type": "manual", "name": "home", "key": "tml-home"},
+        ...     "work": {"type": "manual", "name": "work", "key": "tml-work"}}}))
+        >>> read_stored_key(p), read_stored_key(p.with_name("missing.json"))
+        ('tml-work', None)
+    """
+    if path is None:
+        return None
+    fix = ("Fix: run `tinker auth login` again, or set TINKER_API_KEY (which takes "
+           "precedence over the file)")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TinkerError(f"The stored credentials file {path} could not be read "
+                          f"({type(error).__name__}). {fix}") from None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise TinkerError(f"The stored credentials file {path} is not valid JSON. {fix}"
+                          ) from None
+    keys = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(keys, dict):
+        raise TinkerError(f"The stored credentials file {path} does not have the expected "
+                          f"shape (an object with 'keys'). {fix}")
+    default = data.get("default")
+    if default is None or default not in keys:
+        return None
+    record = keys[default]
+    key = record.get("key") if isinstance(record, dict) else None
+    if not isinstance(key, str) or not key.strip():
+        raise TinkerError(f"The stored credentials file {path}: the default key record "
+                          f"{default!r} has no 'key' string. {fix}")
+    return key.strip()
 
 
 def _is_loopback(base_url: str) -> bool:
@@ -268,16 +362,24 @@ def resolve_settings(
     proxy: str | None = None,
     trust_env: bool = True,
     env: Mapping[str, str],
+    credentials_file: str | os.PathLike[str] | None = None,
 ) -> Settings:
-    """Resolve settings: argument > environment > default. Pure: `env` is passed in.
+    """Resolve settings: argument > environment > default. `env` is passed in.
 
-    Environment: ``TINKER_API_KEY``, ``TINKER_BASE_URL``, ``TINKER_PROJECT_ID``,
-    ``TINKER_TAGS``, ``TINKER_TELEMETRY``, ``TINKER_LOG``, ``CLOUDFLARE_ACCESS_CLIENT_ID`` /
-    ``_SECRET``. Empty values count as unset. Without any key, a loopback base URL (the
-    embedded local backend) gets ``tml-local``.
+    Environment: ``TINKER_API_KEY``, ``TINKER_CREDENTIAL_CMD``, ``TINKER_BASE_URL``,
+    ``TINKER_PROJECT_ID``, ``TINKER_TAGS``, ``TINKER_TELEMETRY``, ``TINKER_LOG``,
+    ``CLOUDFLARE_ACCESS_CLIENT_ID`` / ``_SECRET``, and ``HOME`` to find the stored
+    credentials. Empty values count as unset.
+
+    The credential (PROTOCOL.md §1.2), first match wins: `api_key`, ``TINKER_API_KEY``,
+    ``TINKER_CREDENTIAL_CMD`` (not run here: the auth flow runs it for every request), the
+    default key in `credentials_file` (default ``$HOME/.tinker/credentials.json``), and for
+    a loopback base URL (the embedded local backend) ``tml-local``. A static key must start
+    with ``tml-`` or be an unexpired JWT.
 
     Raises:
-        TinkerError: no API key, a malformed key, a bad base URL, timeout or max_retries.
+        TinkerError: no credential, a malformed key, an unreadable credentials file, a bad
+            base URL, timeout or max_retries.
 
     Example:
         >>> env = {"TINKER_BASE_URL": "http://127.0.0.1:8000/", "TINKER_TELEMETRY": "0"}
@@ -292,16 +394,33 @@ def resolve_settings(
         return value if value and value.strip() else None
 
     url = _normalise_base_url(base_url or env_value("TINKER_BASE_URL") or DEFAULT_BASE_URL)
-    key = api_key or env_value("TINKER_API_KEY")
-    if key is None:
-        if not _is_loopback(url):
-            raise TinkerError(
-                "The API key is not set. Fix: set TINKER_API_KEY, or pass "
-                "ServiceClient(api_key='tml-...'). (The embedded local backend on 127.0.0.1 "
-                "needs no key.)")
-        key = LOCAL_API_KEY
-    key = key.strip()
-    check_api_key(key)
+    command = env_value(CREDENTIAL_CMD_ENV)
+    origin: CredentialOrigin
+    key: str | None
+    where = "api_key"
+    if api_key:
+        key, origin = api_key, "api_key argument"
+    elif env_value("TINKER_API_KEY"):
+        key, origin, where = env_value("TINKER_API_KEY"), "TINKER_API_KEY", "TINKER_API_KEY"
+    elif command is not None:
+        key, origin = None, "TINKER_CREDENTIAL_CMD"
+    else:
+        stored = (Path(credentials_file) if credentials_file is not None
+                  else credentials_path(env))
+        key, origin, where = read_stored_key(stored), "credentials file", (
+            f"the default key stored in {stored}")
+        if key is None:
+            if not _is_loopback(url):
+                raise TinkerError(
+                    "The API key is not set. Fix: set TINKER_API_KEY, or pass "
+                    "ServiceClient(api_key='tml-...'), or set TINKER_CREDENTIAL_CMD to a command "
+                    "that prints a credential, or store a default key with `tinker auth login` "
+                    "(~/.tinker/credentials.json). (The embedded local backend on 127.0.0.1 "
+                    "needs no key.)")
+            key, origin = LOCAL_API_KEY, "local default"
+    if key is not None:
+        key = key.strip()
+        check_api_key(key, where=where)
     if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(
             max_retries, int) or max_retries < 0):
         raise TinkerError(f"max_retries: expected an int >= 0, got {max_retries!r}")
@@ -309,7 +428,7 @@ def resolve_settings(
     headers = {str(k): str(v) for k, v in (default_headers or {}).items()}
     return Settings(
         base_url=url,
-        api_key=Secret(key),
+        api_key=Secret(key) if key is not None else None,
         project_id=project_id or env_value("TINKER_PROJECT_ID"),
         tags=tuple(sorted(set(tags))) if tags is not None else parse_tags(env.get("TINKER_TAGS")),
         telemetry=telemetry if telemetry is not None else parse_bool(env.get("TINKER_TELEMETRY"),
@@ -322,6 +441,8 @@ def resolve_settings(
         max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
         proxy=Secret(proxy) if proxy else None,
         trust_env=trust_env,
+        credential_cmd=Secret(command.strip()) if command is not None else None,
+        credential_origin=origin,
     )
 
 

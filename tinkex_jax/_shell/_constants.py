@@ -60,6 +60,9 @@ class Endpoint(NamedTuple):
 
 
 ENDPOINTS: dict[str, Endpoint] = {
+    # JWT exchange (§1.3): sent from inside another request's auth flow, which has the outer
+    # retry loops, so only the base retries here
+    "auth_token": Endpoint("POST", "auth/token", holder_retries=False),
     # life cycle (§2, §3.1, §3.2)
     "client_config": Endpoint("POST", "client/config"),
     "dynamic_config": Endpoint("POST", "client/dynamic_config", max_retries=0, timeout=10.0),

@@ -16,7 +16,8 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +32,7 @@ from ..errors import (
 )
 
 __all__ = [
+    "SecretSet",
     "connection_error",
     "decode_body",
     "hint_for",
@@ -42,6 +44,56 @@ __all__ = [
 
 _REDACTED = "<redacted>"
 _MAX_DETAIL = 600
+_MIN_SECRET_LEN = 8
+
+
+class SecretSet:
+    """The secrets to redact: fixed ones (from the settings) plus credentials met at run time
+    (credential-command outputs, JWTs), of which the newest `keep` are remembered.
+
+    Iterating gives a snapshot, longest first (so a secret that contains another is redacted
+    whole). Thread-safe. Values shorter than 8 characters are ignored (redacting them would
+    garble messages, and no real credential is that short).
+
+    Example:
+        >>> secrets = SecretSet(["tml-fixed-secret"])
+        >>> secrets.add("eyJ.jwt-seen-later")
+        >>> redact("sent eyJ.jwt-seen-later and tml-fixed-secret", secrets)
+        'sent <redacted> and <redacted>'
+        >>> len(secrets), "<redacted>" in repr(secrets)
+        (2, True)
+    """
+
+    def __init__(self, fixed: Iterable[str] = (), *, keep: int = 64) -> None:
+        self._fixed = tuple(s for s in fixed if s and len(s) >= _MIN_SECRET_LEN)
+        self._seen: dict[str, None] = {}
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._snapshot: tuple[str, ...] = self._build()
+
+    def _build(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self._fixed) | set(self._seen), key=len, reverse=True))
+
+    def add(self, value: str) -> None:
+        """Remember a credential met at run time."""
+        if not value or len(value) < _MIN_SECRET_LEN:
+            return
+        with self._lock:
+            if value in self._seen:
+                return
+            self._seen[value] = None
+            while len(self._seen) > self._keep:
+                del self._seen[next(iter(self._seen))]
+            self._snapshot = self._build()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._snapshot)
+
+    def __len__(self) -> int:
+        return len(self._snapshot)
+
+    def __repr__(self) -> str:
+        return f"SecretSet(<redacted> x {len(self._snapshot)})"
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

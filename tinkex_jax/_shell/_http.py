@@ -1,24 +1,35 @@
-"""The HTTP layer: one `httpx.AsyncClient`, the API-key auth flow, default headers and the
-base-client retry loop of PROTOCOL.md §6.1 (plus the bare-400 proxy quirk of §6.5).
+"""The HTTP layer: one `httpx.AsyncClient`, the credential auth flow (`_auth`), default
+headers, the JWT exchange of PROTOCOL.md §1.3 and the base-client retry loop of §6.1 (plus
+the bare-400 proxy quirk of §6.5).
 """
 
 from __future__ import annotations
 
 import contextvars
 import importlib.util
+import json as _json
 import logging
 import time
 import uuid
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from typing import Any
 
 import httpx
 
-from ..errors import APIConnectionError
+from ..errors import APIConnectionError, APIResponseValidationError
+from ..types import AuthTokenRequest
 from ..wire import encode_json
+from ._auth import (
+    EXCHANGE_EXTENSION,
+    CredentialAuth,
+    JwtCore,
+    exchange_source,
+    primary_source,
+    validate_jwt,
+)
 from ._config import Secret, Settings, join_url, platform_headers
-from ._constants import PROTOCOL_VERSION
-from ._errors import connection_error, status_error
+from ._constants import ENDPOINTS, PROTOCOL_VERSION
+from ._errors import SecretSet, connection_error, status_error
 from ._retry import ProxyRejectBudget, base_retry_delay, parse_retry_after, should_retry_status
 from ._runtime import Runtime
 
@@ -40,7 +51,11 @@ SDK_METHOD: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 
 class ApiKeyAuth(httpx.Auth):
-    """Sets ``X-API-Key`` on every request; its repr never shows the key."""
+    """Sets a fixed ``X-API-Key`` on every request; its repr never shows the key.
+
+    The shell itself uses `CredentialAuth` (credential command, JWT mode); this is the
+    minimal variant for a plain httpx client.
+    """
 
     def __init__(self, key: Secret) -> None:
         self._key = key
@@ -65,16 +80,18 @@ def default_headers(settings: Settings) -> dict[str, str]:
 
 
 def build_async_client(settings: Settings, *,
-                       transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+                       transport: httpx.AsyncBaseTransport | None = None,
+                       auth: httpx.Auth | None = None) -> httpx.AsyncClient:
     """The `httpx.AsyncClient` of a shell.
 
     The proxy really reaches the connections: ``proxy=`` is passed to httpx, and with
     ``trust_env`` httpx mounts the ``HTTP(S)_PROXY`` / ``ALL_PROXY`` proxies and honours
-    ``NO_PROXY``. A custom `transport` (tests, ASGI apps) replaces the network stack.
+    ``NO_PROXY``. A custom `transport` (tests, ASGI apps) replaces the network stack. `auth`
+    defaults to a `CredentialAuth` over the settings' credential.
     """
     proxy = settings.proxy.reveal() if settings.proxy is not None else None
     return httpx.AsyncClient(
-        auth=ApiKeyAuth(settings.api_key),
+        auth=auth if auth is not None else CredentialAuth(primary_source(settings)),
         headers=default_headers(settings),
         timeout=settings.timeout,
         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=20),
@@ -109,13 +126,15 @@ class HttpCore:
     """Sends requests with default headers, auth, idempotency keys and base retries.
 
     Lives on the shell's event loop (the `httpx.AsyncClient` is created there on first use).
+    `auth` owns the credential; `secrets` grows with every credential it meets.
     """
 
     def __init__(self, settings: Settings, runtime: Runtime, *,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
         self.runtime = runtime
-        self.secrets = settings.secrets()
+        self.secrets = SecretSet(settings.secrets())
+        self.auth = CredentialAuth(primary_source(settings, runtime), secrets=self.secrets)
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self.proxy_rejects = ProxyRejectBudget()
@@ -126,8 +145,59 @@ class HttpCore:
     def client(self) -> httpx.AsyncClient:
         """The async client (built on first use)."""
         if self._client is None:
-            self._client = build_async_client(self.settings, transport=self._transport)
+            self._client = build_async_client(self.settings, transport=self._transport,
+                                              auth=self.auth)
         return self._client
+
+    def enable_jwt(self, credential_default_source: str, *,
+                   spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None) -> JwtCore:
+        """Switch to JWT auth (the client config said ``pjwt_auth_enabled``, §1.3).
+
+        The exchange credential is ``TINKER_CREDENTIAL_CMD``'s when
+        `credential_default_source` is ``"credential_cmd"``, else the configured key. `spawn`
+        starts the background refresh task (the shell's, so closing cancels it).
+        """
+        if self.auth.jwt is not None:
+            return self.auth.jwt
+        source = exchange_source(self.settings, credential_default_source, self.auth.primary,
+                                 self.runtime)
+        core = JwtCore(self.exchange_jwt, runtime=self.runtime, secrets=self.secrets,
+                       spawn=spawn)
+        self.auth.enable_jwt(core, source)
+        return core
+
+    async def exchange_jwt(self) -> str:
+        """``POST /api/v1/auth/token`` with body ``{}`` and the raw credential; the JWT.
+
+        Raises:
+            APIStatusError: the server refused the exchange (e.g. 401 for a bad key).
+            APIResponseValidationError: the answer holds no well-formed JWT (the message
+                never contains the token).
+        """
+        spec = ENDPOINTS["auth_token"]
+        response = await self.send(spec.method, spec.path, json=AuthTokenRequest(),
+                                   timeout=spec.timeout, max_retries=spec.max_retries,
+                                   extensions={EXCHANGE_EXTENSION: True})
+        where = SDK_METHOD.get() or "tinkex_jax"
+        try:
+            body = _json.loads(response.content)
+        except ValueError:
+            body = None
+        token = body.get("jwt") if isinstance(body, dict) else None
+        if isinstance(token, str):
+            self.secrets.add(token)
+        reason = "it has no 'jwt' string"
+        if isinstance(token, str):
+            try:
+                validate_jwt(token)
+                return token
+            except ValueError as error:
+                reason = str(error)
+        raise APIResponseValidationError(
+            f"{where}: POST /api/v1/auth/token answered without a usable JWT ({reason}). "
+            "What to do: check that base_url points at a Tinker server whose JWT auth works; "
+            "report it to the server's operators if it persists.",
+            status_code=response.status_code, method="POST", url=self.url(spec.path))
 
     async def aclose(self) -> None:
         """Close the connections."""
@@ -171,6 +241,7 @@ class HttpCore:
         max_retries: int | None = None,
         idempotency_key: str | None = None,
         check_status: bool = True,
+        extensions: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
         """Send one logical request with the base retry loop; return the response.
 
@@ -210,7 +281,8 @@ class HttpCore:
             try:
                 response = await self.client.request(
                     method, url, content=content, params=clean_params or None,
-                    headers=request_headers, timeout=request_timeout)
+                    headers=request_headers, timeout=request_timeout,
+                    extensions=dict(extensions) if extensions else None)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 if attempt < retries:
                     self._warn_retry(f"{method} /api/v1/{path}: {type(exc).__name__}")

@@ -294,8 +294,21 @@ class Shell:
             bytes_budget=config.sample_dispatch_bytes_semaphore_size, clock=self.runtime.clock)
         self.sample_semaphore = None  # rebuilt on the loop with the new size
         if config.pjwt_auth_enabled:
-            logger.warning("The server asks for JWT auth (pjwt_auth_enabled); tinkex_jax sends "
-                           "the API key directly, which servers also accept for most calls.")
+            logger.debug("the server uses JWT auth (credential for the exchange: %s)",
+                         config.credential_default_source)
+            self.http.enable_jwt(config.credential_default_source,
+                                 spawn=self._spawn_unless_closing)
+
+    def _spawn_unless_closing(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+        if self._closing:
+            coro.close()
+            return None
+        return self.spawn(coro)
+
+    async def identity_jwt(self) -> str | None:
+        """A JWT with the caller's identity claims (the JWT-mode token, or a Tinker-issued JWT
+        passed as the key), or None. Call after `ensure_config`."""
+        return await self.http.auth.identity_jwt()
 
     def require_client_config(self) -> ClientConfigResponse:
         """The client config (fetched before any training or sampling client exists)."""
@@ -451,7 +464,8 @@ def shadow_shell(settings: Settings, *, session_id: str,
     It joins the existing session (no config or create_session calls) and runs its own
     heartbeat for it.
     """
-    key = (settings.base_url, session_id, str(hash(settings.api_key)))
+    key = (settings.base_url, session_id,
+           str(hash((settings.api_key, settings.credential_cmd))))
     with _SHADOWS_LOCK:
         shell = _SHADOWS.get(key)
         if shell is None or shell.closed:

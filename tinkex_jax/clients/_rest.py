@@ -13,11 +13,11 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from .._shell import Future, Runtime, Shell, resolve_settings
+from .._shell import Future, Runtime, Shell, resolve_settings, whoami_from_jwt
 from .._shell._background import Telemetry
 from .._shell._runtime import REAL_RUNTIME
 from ..builders import parse_tinker_path
-from ..errors import APIResponseValidationError, invalid
+from ..errors import APIResponseValidationError, TinkerError, invalid
 from ..types import (
     CheckpointsListResponse,
     CopyWeightsRequest,
@@ -34,6 +34,7 @@ from ..types import (
     TrainingRunsResponse,
     WeightsInfoRequest,
     WeightsInfoResponse,
+    WhoamiResponse,
 )
 
 __all__ = ["AccessScope", "RestClient"]
@@ -281,6 +282,38 @@ class RestClient:
     def healthz(self) -> Future[HealthResponse]:
         """The server's health (``GET /api/v1/healthz``)."""
         return self._get("healthz", "healthz", HealthResponse)
+
+    # ------------------------------------------------------------------ identity
+
+    def whoami(self) -> Future[WhoamiResponse]:
+        """The caller's identity, read from the claims of the JWT the client holds.
+
+        No whoami request is made (PROTOCOL.md §1.3, §3.11): in JWT mode (the server's client
+        config says ``pjwt_auth_enabled``) the current JWT is decoded (``sub`` →
+        ``user_urn``, ``org_id`` → ``org_urn = "tml:organization:<org_id>"``, ``email``);
+        otherwise a Tinker-issued JWT passed as the key (``iss`` ``passport-…``) is.
+
+        Raises:
+            TinkerError: JWT auth is off and the credential is a plain API key, so there is
+                no identity to read.
+
+        Example:
+            >>> me = rest.whoami().result()                                  # doctest: +SKIP
+            >>> me.user_urn, me.org_urn, me.email                            # doctest: +SKIP
+            ('tml:user:42', 'tml:organization:o-7', 'ada@example.com')
+        """
+        async def run() -> WhoamiResponse:
+            token = await self._shell.identity_jwt()
+            if token is None:
+                raise TinkerError(
+                    "RestClient.whoami: the identity is read from the JWT of JWT auth, but "
+                    f"the server at {self._shell.settings.base_url} has JWT auth off "
+                    "(pjwt_auth_enabled is false) and the credential is a plain API key, so "
+                    "there is no identity to read. What to do: use a server with JWT auth, or "
+                    "pass a Tinker-issued JWT as the key.")
+            return whoami_from_jwt(token)
+
+        return self._run("whoami", run)
 
     # ------------------------------------------------------------------ ported *_async names
 

@@ -4,7 +4,9 @@ Every answer is JSON except the protobuf results of forward / forward_backward /
 futures. Every error is JSON too, ``{"detail": message, "code": name}``, with a message that
 says what was wrong and how to fix it (never an empty-bodied 400: the official SDK reads that
 as a proxy failure). API keys must start with ``tml-``; a server started with ``api_key``
-accepts only that key. Keys are never logged.
+accepts only that key. Keys are never logged. With ``pjwt_auth_enabled`` the server also
+serves the JWT exchange of PROTOCOL.md §1.3 (``POST /api/v1/auth/token``, see `_jwt`), and
+every authenticated route but ``client/config`` and ``auth/token`` then takes only its JWTs.
 
 Example:
     >>> import tempfile
@@ -61,8 +63,16 @@ from ..types import (
 )
 from ..wire import decode_forward_backward_request, zstd_decompress
 from ._engine import Engine, fingerprint
-from ._errors import NotFoundError, ServerError, UnauthorizedError, UserError, error_body
+from ._errors import (
+    InvalidTokenError,
+    NotFoundError,
+    ServerError,
+    UnauthorizedError,
+    UserError,
+    error_body,
+)
 from ._futures import Failure
+from ._jwt import JwtSigner
 
 __all__ = ["create_app"]
 
@@ -73,13 +83,17 @@ _ENCODER = msgspec.json.Encoder()
 _EXTERNAL_URL_LIFETIME_S = 3600.0
 
 
-def json_response(data: Any, status: int = 200) -> Response:
+def json_response(data: Any, status: int = 200,
+                  headers: dict[str, str] | None = None) -> Response:
     """A compact JSON response."""
-    return Response(_ENCODER.encode(data), status_code=status, media_type="application/json")
+    return Response(_ENCODER.encode(data), status_code=status, media_type="application/json",
+                    headers=headers)
 
 
 def _error_response(error: ServerError) -> Response:
-    return json_response(error_body(error), error.status)
+    headers = ({"WWW-Authenticate": 'Bearer error="invalid_token"'}
+               if isinstance(error, InvalidTokenError) else None)
+    return json_response(error_body(error), error.status, headers)
 
 
 def _decode(body: bytes, type_: type[T]) -> T:
@@ -111,6 +125,25 @@ def _check_key(request: Request, required: str | None) -> None:
             "with (tinkex serve --api-key ...).")
 
 
+def _check_credential(request: Request, required: str | None, signer: JwtSigner | None, *,
+                      raw_key_ok: bool) -> None:
+    """`_check_key`, plus JWT mode: a JWT must be one of ours and live; a raw key is only
+    accepted where `raw_key_ok` (``client/config``, ``auth/token``)."""
+    key = request.headers.get("x-api-key") or ""
+    if signer is not None and key.startswith("eyJ"):
+        if signer.verify(key) is None:
+            raise InvalidTokenError(
+                "The JWT in X-API-Key was not issued by this server or has expired. Fix: "
+                "exchange the API key for a new one at POST /api/v1/auth/token (Tinker SDKs do "
+                "this by themselves).")
+        return
+    _check_key(request, required)
+    if signer is not None and not raw_key_ok:
+        raise UnauthorizedError(
+            "This server uses JWT auth (client config pjwt_auth_enabled): exchange the API key "
+            "at POST /api/v1/auth/token and send the JWT in X-API-Key.")
+
+
 def _query_int(request: Request, name: str, default: int, *, low: int = 0,
                high: int = 10_000) -> int:
     raw = request.query_params.get(name)
@@ -137,12 +170,14 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
     """
     config = engine.config
     state: dict[str, bool] = {"ready": False}
+    signer = JwtSigner(config.jwt_lifetime_s) if config.pjwt_auth_enabled else None
 
-    def endpoint(fn: Callable[[Request], Awaitable[Any]], *, auth: bool = True) -> Handler:
+    def endpoint(fn: Callable[[Request], Awaitable[Any]], *, auth: bool = True,
+                 raw_key: bool = False) -> Handler:
         async def handle(request: Request) -> Response:
             try:
                 if auth:
-                    _check_key(request, config.api_key)
+                    _check_credential(request, config.api_key, signer, raw_key_ok=raw_key)
                 result = await fn(request)
             except ServerError as exc:
                 return _error_response(exc)
@@ -191,6 +226,13 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
 
     async def client_config(request: Request) -> Any:
         return engine.client_config()
+
+    async def auth_token(request: Request) -> Any:
+        await request.body()
+        if signer is None:
+            raise NotFoundError("JWT auth is off on this server, so there is no token exchange "
+                                "(start it with pjwt_auth_enabled=True to test JWT mode).")
+        return {"jwt": signer.mint(request.headers.get("x-api-key") or "")}
 
     async def dynamic_config(request: Request) -> Any:
         return engine.dynamic_config()
@@ -343,7 +385,8 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
     ckpt = f"{v1}/training_runs/{{run_id}}/checkpoints/{{kind}}/{{name}}"
     routes = [
         Route(f"{v1}/healthz", endpoint(healthz, auth=False), methods=["GET"]),
-        Route(f"{v1}/client/config", endpoint(client_config), methods=["POST"]),
+        Route(f"{v1}/client/config", endpoint(client_config, raw_key=True), methods=["POST"]),
+        Route(f"{v1}/auth/token", endpoint(auth_token, raw_key=True), methods=["POST"]),
         Route(f"{v1}/client/dynamic_config", endpoint(dynamic_config), methods=["POST"]),
         Route(f"{v1}/get_server_capabilities", endpoint(capabilities), methods=["GET"]),
         Route(f"{v1}/telemetry", endpoint(telemetry), methods=["POST"]),
@@ -438,5 +481,7 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
             if owns_engine:
                 await run_in_threadpool(engine.stop)
 
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error})
+    app.state.jwt_signer = signer
+    return app

@@ -59,6 +59,12 @@ class ServerConfig:
         max_live_samplers: Sampling sessions kept in memory (least recently used beyond this
             are dropped; those over saved weights reload on use).
         max_sampler_handles: Samplers whose merged weights stay prepared for decoding.
+        pjwt_auth_enabled: Serve JWT auth (PROTOCOL.md §1.3), to test SDKs' JWT mode:
+            ``client/config`` reports it, ``POST /api/v1/auth/token`` trades an accepted
+            ``tml-`` key for an HS256 JWT signed with a random per-process secret, and every
+            other authenticated route then accepts only such a JWT (see
+            `tinkex_jax.local._jwt`). Off by default, as PROTOCOL.md recommends.
+        jwt_lifetime_s: Lifetime (``exp - iat``) of those JWTs.
 
     Example:
         >>> cfg = ServerConfig(data_dir=Path("/tmp/x"), port=0)
@@ -83,6 +89,8 @@ class ServerConfig:
     warm_up: bool = True
     max_live_samplers: int = 256
     max_sampler_handles: int = 8
+    pjwt_auth_enabled: bool = False
+    jwt_lifetime_s: float = 3600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -97,6 +105,8 @@ class ServerConfig:
             raise invalid("ServerConfig.long_poll_timeout_s", "seconds in (0, 40]",
                           self.long_poll_timeout_s,
                           "the SDK gives up on a poll after 45 s, so stay below that")
+        if not self.jwt_lifetime_s >= 1:
+            raise invalid("ServerConfig.jwt_lifetime_s", "seconds >= 1", self.jwt_lifetime_s)
         if self.compute_workers < 1:
             raise invalid("ServerConfig.compute_workers", "an int >= 1", self.compute_workers)
         if not self.base_models:

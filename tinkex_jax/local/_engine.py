@@ -283,7 +283,7 @@ class Engine:
     def client_config(self) -> Json:
         """The ``client/config`` answer."""
         return {
-            "pjwt_auth_enabled": False,
+            "pjwt_auth_enabled": self.config.pjwt_auth_enabled,
             "credential_default_source": "api_key",
             "use_pyqwest_transport": self.config.use_pyqwest_transport,
             "proto_compress_fwdbwd": self.config.proto_compress_fwdbwd,

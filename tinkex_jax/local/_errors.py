@@ -9,6 +9,7 @@ __all__ = [
     "Category",
     "ConflictError",
     "GoneError",
+    "InvalidTokenError",
     "NotFoundError",
     "ServerError",
     "UnauthorizedError",
@@ -56,6 +57,13 @@ class UnauthorizedError(ServerError):
     status = 401
     category = "user"
     code = "invalid_api_key"
+
+
+class InvalidTokenError(UnauthorizedError):
+    """A JWT that this server did not issue or that expired (HTTP 401 with
+    ``WWW-Authenticate: Bearer error="invalid_token"``, which makes SDKs exchange again)."""
+
+    code = "invalid_token"
 
 
 class NotFoundError(ServerError):

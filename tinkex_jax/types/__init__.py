@@ -114,6 +114,7 @@ from ._rest import (
     TrainingRun,
     TrainingRunsResponse,
     WeightsInfoResponse,
+    WhoamiResponse,
 )
 from ._telemetry import (
     GenericEvent,
@@ -228,6 +229,7 @@ __all__ = [
     "UntypedAPIFuture",
     "WeightsInfoRequest",
     "WeightsInfoResponse",
+    "WhoamiResponse",
     "WireStruct",
     "as_tensor_data",
     "numpy_dtype",

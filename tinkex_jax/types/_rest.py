@@ -25,6 +25,7 @@ __all__ = [
     "TrainingRun",
     "TrainingRunsResponse",
     "WeightsInfoResponse",
+    "WhoamiResponse",
 ]
 
 CheckpointType = Literal["training", "sampler", "external"]
@@ -176,3 +177,16 @@ class TraceExportResponse(WireStruct, frozen=True, kw_only=True):
     status: Literal["pending", "ready", "failed"] = "pending"
     url: str | None = None
     error: str | None = None
+
+
+class WhoamiResponse(WireStruct, frozen=True, kw_only=True):
+    """Who the credential in use belongs to (`RestClient.whoami`; read from JWT claims).
+
+    Example:
+        >>> WhoamiResponse(user_urn="tml:user:1", org_urn="tml:organization:o").email is None
+        True
+    """
+
+    user_urn: str
+    org_urn: str
+    email: str | None = None

@@ -16,12 +16,12 @@ from tinkex_jax.builders import datum_from_tokens
 official = pytest.importorskip("tinker")
 
 # Official methods we deliberately leave out (hosted-console links, admin/billing endpoints,
-# JWT-only whoami, the experimental session search, server-side custom-loss upload).
+# the experimental session search, server-side custom-loss upload).
 NOT_PORTED = {
     "ServiceClient": {"get_console_url", "create_custom_loss"},
     "TrainingClient": {"get_console_url"},
     "SamplingClient": {"create"},
-    "RestClient": {"get_audit_log", "get_audit_log_async", "whoami", "get_billing_usage",
+    "RestClient": {"get_audit_log", "get_audit_log_async", "get_billing_usage",
                    "get_billing_usage_async", "get_current_checkpoint_storage_usage",
                    "get_current_checkpoint_storage_usage_async", "search_sessions"},
 }
