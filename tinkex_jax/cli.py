@@ -2,11 +2,18 @@
 
 Subcommands are registered in `COMMANDS`: each is a `Command` with a name, a help line, a
 function that adds its arguments to an ``argparse`` parser and a function that runs it.
-Add a subcommand by appending one more `Command`.
+Add a subcommand by appending one more `Command`. A group such as ``tinkex checkpoint``
+is a `Command` without ``configure`` / ``run`` whose ``subcommands`` are the actions
+(``tinkex checkpoint list``); groups nest to any depth.
+
+The operations commands (``version``, ``run``, ``checkpoint``, ``sample``) live in
+`tinkex_jax._cli_ops`.
 
 Example:
     >>> build_parser().parse_args(["serve", "--port", "9000"]).port
     9000
+    >>> build_parser().parse_args(["checkpoint", "set-ttl", "tinker://r/weights/a", "60"]).seconds
+    60
 """
 
 from __future__ import annotations
@@ -18,17 +25,35 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import _cli_ops as ops
+
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
 
 @dataclass(frozen=True)
 class Command:
-    """One ``tinkex`` subcommand."""
+    """One ``tinkex`` subcommand, or a group of them.
+
+    A leaf has ``configure`` (adds its arguments) and ``run`` (returns the exit status); a
+    group has ``subcommands`` instead and makes one of them required.
+
+    Example:
+        >>> group = Command("run", "training runs", subcommands=(
+        ...     Command("list", "list runs", ops.configure_run_list, ops.cmd_run_list),))
+        >>> [c.name for c in group.subcommands]
+        ['list']
+    """
 
     name: str
     help: str
-    configure: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
+    configure: Callable[[argparse.ArgumentParser], None] | None = None
+    run: Callable[[argparse.Namespace], int] | None = None
+    subcommands: tuple[Command, ...] = ()
+
+    def __post_init__(self) -> None:
+        if bool(self.subcommands) == (self.run is not None):
+            raise ValueError(f"Command {self.name!r}: give either run (a leaf) or "
+                             "subcommands (a group), not both or neither")
 
 
 # ----------------------------------------------------------------------------- serve
@@ -127,17 +152,54 @@ COMMANDS: list[Command] = [
             _configure_demo, _run_demo),
     Command("serve", "run the embedded local Tinker backend (an HTTP server)",
             _configure_serve, _run_serve),
+    Command("version", "print the tinkex_jax version", ops.configure_version, ops.cmd_version),
+    Command("run", "list and inspect training runs", subcommands=(
+        Command("list", "list your training runs, newest first", ops.configure_run_list,
+                ops.cmd_run_list),
+        Command("info", "show one training run", ops.configure_run_info, ops.cmd_run_info),
+    )),
+    Command("checkpoint", "list, inspect, publish, expire, delete and download checkpoints",
+            subcommands=(
+        Command("list", "list checkpoints (one run's, or all of yours)",
+                ops.configure_checkpoint_list, ops.cmd_checkpoint_list),
+        Command("info", "show one checkpoint", ops.configure_checkpoint_info,
+                ops.cmd_checkpoint_info),
+        Command("delete", "delete checkpoints", ops.configure_checkpoint_delete,
+                ops.cmd_checkpoint_delete),
+        Command("publish", "make a checkpoint public", ops.configure_checkpoint_publish,
+                ops.cmd_checkpoint_publish),
+        Command("unpublish", "make a checkpoint private", ops.configure_checkpoint_publish,
+                ops.cmd_checkpoint_unpublish),
+        Command("set-ttl", "set (or --remove) a checkpoint's expiry",
+                ops.configure_checkpoint_set_ttl, ops.cmd_checkpoint_set_ttl),
+        Command("download", "download a checkpoint's adapter files",
+                ops.configure_checkpoint_download, ops.cmd_checkpoint_download),
+    )),
+    Command("sample", "sample completions from a base model or saved weights",
+            ops.configure_sample, ops.cmd_sample),
 ]
 
 
+def _add(sub: argparse._SubParsersAction[argparse.ArgumentParser], command: Command,
+         depth: int) -> None:
+    child = sub.add_parser(command.name, help=command.help, description=command.help)
+    child.set_defaults(_prog=child.prog)
+    if command.subcommands:
+        nested = child.add_subparsers(dest=f"_action{depth}", metavar="ACTION", required=True)
+        for action in command.subcommands:
+            _add(nested, action, depth + 1)
+        return
+    if command.configure is not None:
+        command.configure(child)
+    child.set_defaults(_run=command.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every registered subcommand."""
+    """The argument parser with every registered subcommand (groups nested)."""
     parser = argparse.ArgumentParser(prog="tinkex", description="tinkex_jax command line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        child = sub.add_parser(command.name, help=command.help, description=command.help)
-        command.configure(child)
-        child.set_defaults(_run=command.run)
+        _add(sub, command, 1)
     return parser
 
 
