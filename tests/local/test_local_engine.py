@@ -3,6 +3,8 @@ gradient accumulation, long polls, restart persistence."""
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 import time
 
@@ -46,6 +48,21 @@ def test_bad_bodies_get_json_400s(raw):
     garbage = raw.http.post("/api/v1/forward_backward", content=b"\xff\xff\xff",
                             headers={"Content-Type": "application/x-protobuf"})
     assert garbage.status_code == 400 and garbage.json()["detail"]
+
+
+def test_a_client_that_disconnects_mid_body_is_not_a_server_error(fake_server, caplog):
+    caplog.set_level(logging.DEBUG, logger="tinkex_jax.local")
+    host, port = fake_server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /api/v1/retrieve_future HTTP/1.1\r\nHost: x\r\n"
+                     b"X-API-Key: tml-x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"request_id\"")
+    deadline = time.monotonic() + 10
+    while not any("client disconnected" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "the server never saw the disconnect"
+        time.sleep(0.02)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert httpx.get(f"{fake_server.base_url}/api/v1/healthz").json() == {"status": "ok"}
 
 
 def test_unknown_base_model_and_model_id(raw):

@@ -36,7 +36,7 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
@@ -183,6 +183,11 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
                 return _error_response(exc)
             except ValidationError as exc:
                 return _error_response(UserError(str(exc)))
+            except ClientDisconnect:
+                # the client went away mid-request (e.g. closed during a long poll): no one
+                # reads the answer, and it is not a server failure
+                _log.debug("%s %s: client disconnected", request.method, request.url.path)
+                return Response(status_code=499)
             except Exception as exc:
                 _log.exception("%s %s failed", request.method, request.url.path)
                 return json_response({
