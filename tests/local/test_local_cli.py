@@ -23,7 +23,8 @@ def test_serve_arguments() -> None:
     args = build_parser().parse_args(["serve", "--port", "9001", "--data-dir", "/tmp/x",
                                       "--base-model", "a", "--base-model", "b"])
     assert (args.port, args.data_dir, args.base_models) == (9001, "/tmp/x", ["a", "b"])
-    assert args.host == "127.0.0.1" and args.api_key is None
+    assert args.host == "127.0.0.1" and args.api_key is None and args.pjwt_auth is False
+    assert build_parser().parse_args(["serve", "--pjwt-auth"]).pjwt_auth is True
     assert "serve" in [c.name for c in COMMANDS]
 
 
