@@ -28,22 +28,10 @@ SCRIPT = HERE / "official_style_training.py"
 REPO = HERE.parents[1]
 
 
-def _backend():
-    """The local-backend tests' backend (random-init stand-ins while preset files are missing)."""
-    sys.path.insert(0, str(HERE.parent / "local"))
-    try:
-        from _support import make_backend  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    finally:
-        sys.path.pop(0)
-    return make_backend()
-
-
 @pytest.fixture(scope="module")
 def server():
     local = pytest.importorskip("tinkex_jax.local")
-    with local.serve(base_models=[TINY], backend=_backend()) as running:
+    with local.serve(base_models=[TINY]) as running:
         yield running
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,30 +19,12 @@ TINY = "tinkex-jax/tiny"
 FAKE = "fake/bigram"
 
 
-def preset_loader(name: str) -> Any:
-    """The model layer's resolver; a random-init stand-in while preset files are missing."""
-    from tinkex_jax.local.model.hf import LoadedModel
-    from tinkex_jax.local.model.presets import PRESET_CONFIGS, PRESETS_DIR, resolve_base_model
-
-    bare = name.split("/", 1)[-1]
-    if bare in PRESET_CONFIGS and not (PRESETS_DIR / f"{bare}.safetensors").exists():
-        from tinkex_jax.local.model.decoder import init_params
-        from tinkex_jax.local.model.runtime import Model
-        from tinkex_jax.local.model.tokenizer import build_byte_tokenizer
-
-        warnings.warn(f"preset files of {name} are missing; using a random-init stand-in",
-                      stacklevel=2)
-        cfg = PRESET_CONFIGS[bare]
-        return LoadedModel(name=name, model=Model(init_params(cfg, 0), cfg),
-                           tokenizer=build_byte_tokenizer(), source=Path(PRESETS_DIR))
-    return resolve_base_model(name)
-
-
 def make_backend() -> Any:
-    """A JAX backend over the presets (or their stand-ins)."""
+    """A JAX backend over the shipped presets (one per test session: it caches compiled
+    models)."""
     from tinkex_jax.local._jax_backend import JaxBackend
 
-    return JaxBackend(loader=preset_loader)
+    return JaxBackend()
 
 
 class RawClient:
