@@ -187,6 +187,30 @@ def _evaluate(
     return per_token, m
 
 
+def _reduced(
+    name: str,
+    target_logprobs: ArrayLike,
+    inputs: Mapping[str, tuple[str, ArrayLike]],
+    *,
+    where: ArrayLike | None,
+    reduction: Reduction,
+    config: Mapping[str, ArrayLike],
+    token_axis: int = -1,
+) -> Array:
+    """The public form of loss ``name``: check the reduction, evaluate, reduce the tokens."""
+    fn = f"losses.{name}"
+    check_reduction(reduction, where=fn)
+    per, m = _evaluate(name, fn=fn, target_logprobs=target_logprobs, inputs=inputs, mask=where,
+                       mask_name="where", config=config, token_axis=token_axis)
+    return reduce_tokens(per, m, reduction)
+
+
+def _policy_inputs(sampling_logprobs: ArrayLike, advantages: ArrayLike
+                   ) -> dict[str, tuple[str, ArrayLike]]:
+    return {"logprobs": ("sampling_logprobs", sampling_logprobs),
+            "advantages": ("advantages", advantages)}
+
+
 def _make_per_token(
     name: str,
 ) -> Callable[[Array, Mapping[str, Array], Array, Mapping[str, Array]], Array]:
@@ -278,19 +302,8 @@ def cross_entropy(
       >>> float(cross_entropy(lp, jnp.array([[0.0, 1.0, 1.0]]), reduction="sum"))
       2.5
     """
-    fn = "losses.cross_entropy"
-    check_reduction(reduction, where=fn)
-    per, m = _evaluate(
-        "cross_entropy",
-        fn=fn,
-        target_logprobs=target_logprobs,
-        inputs={"weights": ("weights", weights)},
-        mask=where,
-        mask_name="where",
-        config={},
-        token_axis=-1,
-    )
-    return reduce_tokens(per, m, reduction)
+    return _reduced("cross_entropy", target_logprobs, {"weights": ("weights", weights)},
+                    where=where, reduction=reduction, config={})
 
 
 def importance_sampling(
@@ -322,22 +335,9 @@ def importance_sampling(
       >>> float(importance_sampling(t, s, a, reduction="sum"))
       1.0
     """
-    fn = "losses.importance_sampling"
-    check_reduction(reduction, where=fn)
-    per, m = _evaluate(
-        "importance_sampling",
-        fn=fn,
-        target_logprobs=target_logprobs,
-        inputs={
-            "logprobs": ("sampling_logprobs", sampling_logprobs),
-            "advantages": ("advantages", advantages),
-        },
-        mask=where,
-        mask_name="where",
-        config={},
-        token_axis=-1,
-    )
-    return reduce_tokens(per, m, reduction)
+    return _reduced("importance_sampling", target_logprobs,
+                    _policy_inputs(sampling_logprobs, advantages), where=where,
+                    reduction=reduction, config={})
 
 
 def ppo(
@@ -375,25 +375,10 @@ def ppo(
       >>> round(float(ppo(t, s, a, reduction="sum")), 4)  # ratio 1.5 clipped to 1.2
       -1.2
     """
-    fn = "losses.ppo"
-    check_reduction(reduction, where=fn)
-    per, m = _evaluate(
-        "ppo",
-        fn=fn,
-        target_logprobs=target_logprobs,
-        inputs={
-            "logprobs": ("sampling_logprobs", sampling_logprobs),
-            "advantages": ("advantages", advantages),
-        },
-        mask=where,
-        mask_name="where",
-        config={
-            "clip_low_threshold": clip_low_threshold,
-            "clip_high_threshold": clip_high_threshold,
-        },
-        token_axis=-1,
-    )
-    return reduce_tokens(per, m, reduction)
+    return _reduced("ppo", target_logprobs, _policy_inputs(sampling_logprobs, advantages),
+                    where=where, reduction=reduction,
+                    config={"clip_low_threshold": clip_low_threshold,
+                            "clip_high_threshold": clip_high_threshold})
 
 
 def cispo(
@@ -434,25 +419,10 @@ def cispo(
       >>> float(cispo(t, s, a, reduction="sum"))  # -1 * (-2) * 0.5
       1.0
     """
-    fn = "losses.cispo"
-    check_reduction(reduction, where=fn)
-    per, m = _evaluate(
-        "cispo",
-        fn=fn,
-        target_logprobs=target_logprobs,
-        inputs={
-            "logprobs": ("sampling_logprobs", sampling_logprobs),
-            "advantages": ("advantages", advantages),
-        },
-        mask=where,
-        mask_name="where",
-        config={
-            "clip_low_threshold": clip_low_threshold,
-            "clip_high_threshold": clip_high_threshold,
-        },
-        token_axis=-1,
-    )
-    return reduce_tokens(per, m, reduction)
+    return _reduced("cispo", target_logprobs, _policy_inputs(sampling_logprobs, advantages),
+                    where=where, reduction=reduction,
+                    config={"clip_low_threshold": clip_low_threshold,
+                            "clip_high_threshold": clip_high_threshold})
 
 
 def dro(
@@ -487,22 +457,8 @@ def dro(
       >>> float(dro(t, s, a, reduction="sum", beta=0.5))  # -(-1 - 0.25 * 4)
       2.0
     """
-    fn = "losses.dro"
-    check_reduction(reduction, where=fn)
-    per, m = _evaluate(
-        "dro",
-        fn=fn,
-        target_logprobs=target_logprobs,
-        inputs={
-            "logprobs": ("sampling_logprobs", sampling_logprobs),
-            "advantages": ("advantages", advantages),
-        },
-        mask=where,
-        mask_name="where",
-        config={"beta": beta},
-        token_axis=-1,
-    )
-    return reduce_tokens(per, m, reduction)
+    return _reduced("dro", target_logprobs, _policy_inputs(sampling_logprobs, advantages),
+                    where=where, reduction=reduction, config={"beta": beta})
 
 
 def gspo(
@@ -562,21 +518,9 @@ def gspo(
             f"{'where' if where is not None else 'sequence_ratio_mask'} is a scalar. Fix: pass "
             f"a per-token where= mask of shape [..., T]."
         )
-    per, m = _evaluate(
-        "gspo",
-        fn=fn,
-        target_logprobs=target_logprobs,
-        inputs={
-            "logprobs": ("sampling_logprobs", sampling_logprobs),
-            "advantages": ("advantages", advantages),
-            "sequence_ratio_mask": ("sequence_ratio_mask", sequence_ratio_mask),
-        },
-        mask=where,
-        mask_name="where",
-        config={
-            "clip_low_threshold": clip_low_threshold,
-            "clip_high_threshold": clip_high_threshold,
-        },
-        token_axis=ref_ndim - 1,
-    )
-    return reduce_tokens(per, m, reduction)
+    inputs = {**_policy_inputs(sampling_logprobs, advantages),
+              "sequence_ratio_mask": ("sequence_ratio_mask", sequence_ratio_mask)}
+    return _reduced("gspo", target_logprobs, inputs, where=where, reduction=reduction,
+                    config={"clip_low_threshold": clip_low_threshold,
+                            "clip_high_threshold": clip_high_threshold},
+                    token_axis=ref_ndim - 1)

@@ -57,3 +57,14 @@ def test_docstring_examples_run(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_the_sdk_loss_table_agrees_with_the_losses_package():
+    # tinkex_jax.builders keeps its own JAX-free copy for request validation
+    from tinkex_jax.builders import LOSS_SPECS
+
+    assert sorted(LOSS_SPECS) == sorted(losses.LOSS_SIGNATURES)
+    for name, spec in LOSS_SPECS.items():
+        sig = losses.LOSS_SIGNATURES[name]
+        assert spec.required_inputs == ("target_tokens", *sig.required_inputs), name
+        assert dict(spec.config_defaults) == dict(sig.config_defaults), name
