@@ -7,6 +7,7 @@ code that needs a real API key).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -29,10 +30,15 @@ def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     if not blocks:
         pytest.skip(f"{page.name} has no runnable python block")
     monkeypatch.chdir(tmp_path)
+    environment = dict(os.environ)  # a guide may set TINKER_* variables
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
-    for i, block in enumerate(blocks):
-        code = compile(block, f"{page.name}[block {i}]", "exec")
-        exec(code, namespace)
+    try:
+        for i, block in enumerate(blocks):
+            code = compile(block, f"{page.name}[block {i}]", "exec")
+            exec(code, namespace)
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 def test_the_guides_have_examples() -> None:
