@@ -96,9 +96,12 @@ class FakeBackend:
         self._enter("optim_step", params.learning_rate)
         g = np.zeros_like(adapter["w"]) if grads is None else grads["w"]
         new = {"w": adapter["w"] - params.learning_rate * g}
-        return new, {"step": opt_state["step"] + 1}, {
-            "grad_norm:mean": float(np.linalg.norm(g)),
-            "learning_rate:mean": params.learning_rate}
+        metrics = {"grad_norm:mean": float(np.linalg.norm(g)),
+                   "learning_rate:mean": params.learning_rate,
+                   "param_norm:mean": float(np.linalg.norm(new["w"]))}
+        if not all(np.isfinite(list(metrics.values()))):
+            return adapter, opt_state, metrics  # the Backend contract: a skipped step
+        return new, {"step": opt_state["step"] + 1}, metrics
 
     def sampling_handle(self, base: str, adapter: Any) -> Any:
         w = np.zeros_like(self.base) if adapter is None else adapter["w"].copy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -141,3 +142,20 @@ def test_missing_files_are_reported(tmp_path: Path, missing: str) -> None:
 
     with pytest.raises(NotFoundError, match="missing"):
         read_meta(tmp_path)
+
+
+def test_corruption_is_recorded_and_old_data_dirs_are_migrated(tmp_path: Path) -> None:
+    st = Storage(tmp_path)
+    st.create_run(run_row())
+    st.close()
+    raw = sqlite3.connect(tmp_path / "tinkex.sqlite3")
+    raw.execute("ALTER TABLE training_runs DROP COLUMN corrupted")  # a data dir from before
+    raw.commit()
+    raw.close()
+    st = Storage(tmp_path)
+    assert st.get_run("s:train:0").corrupted is None  # type: ignore[union-attr]
+    st.mark_run_corrupted("s:train:0", "first")
+    st.mark_run_corrupted("s:train:0", "second")
+    assert st.get_run("s:train:0").corrupted == "first"  # type: ignore[union-attr]
+    st.clear_run_corrupted("s:train:0")
+    assert st.get_run("s:train:0").corrupted is None  # type: ignore[union-attr]

@@ -18,7 +18,7 @@ MODULES = sorted(
      for package in (tinkex_jax.types, tinkex_jax.builders, tinkex_jax.wire)
      for info in pkgutil.iter_modules(package.__path__) if not info.name.endswith("_pb2")]
     + ["tinkex_jax.errors", "tinkex_jax.training_loop", "tinkex_jax.custom_loss",
-       "tinkex_jax.demo", "tinkex_jax.cli"])
+       "tinkex_jax.demo", "tinkex_jax.cli", "tinkex_jax.checkpointing"])
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -179,7 +179,9 @@ class Backend(Protocol):
     def optim_step(self, base: str, adapter: Any, opt_state: Any, grads: Any,
                    params: AdamParams) -> tuple[Any, Any, dict[str, float]]:
         """One AdamW step; `grads` None means a zero gradient. Returns the new adapter,
-        the new optimizer state and metrics (``name:reduction`` keys)."""
+        the new optimizer state and metrics (``name:reduction`` keys). A step whose metrics
+        are not all finite must leave the adapter and optimizer state unchanged (the
+        returned ones equal the given ones); the engine then fails the request."""
         ...
 
     def sampling_handle(self, base: str, adapter: Any) -> Any:

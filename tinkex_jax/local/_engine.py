@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import os
 import shutil
 import threading
@@ -102,6 +103,7 @@ class _Model:
     step: int = 0
     ready: bool = False
     failed: str | None = None
+    corrupted: str | None = None
 
 
 @dataclass
@@ -455,13 +457,34 @@ class Engine:
 
     # ------------------------------------------------------------------ training
 
-    def _ready(self, model: _Model) -> None:
+    def _ready(self, model: _Model, *, restoring: bool = False) -> None:
+        """Raise unless `model` can take a request (a corrupted one only a state load)."""
         if model.failed is not None:
             raise UserError(f"Model {model.model_id!r} could not be created: {model.failed}")
         with self._lock:
             if self._models.get(model.model_id) is not model:
                 raise NotFoundError(f"Model {model.model_id!r} was unloaded (its session "
                                     "finished). Fix: create a new training client.")
+        if model.corrupted is not None and not restoring:
+            raise UserError(
+                f"Training run {model.model_id!r} is corrupted ({model.corrupted}); nothing was "
+                "done. Fix: restore a checkpoint saved before the corruption, in place with "
+                "load_state_with_optimizer(path) or as a new client with "
+                "create_training_client_from_state_with_optimizer(path) "
+                "(tinkex_jax.checkpointing.recover does this from your checkpoint log).")
+
+    def corrupt_run(self, run_id: str, reason: str) -> None:
+        """Mark a live training run corrupted, as a hosted server does when a run's state is
+        lost: it refuses training and saving until a checkpoint is loaded into it, and the
+        REST API reports ``corrupted: true``. A fault-injection hook for testing recovery
+        code (`LocalServer.corrupt_run`).
+
+        Raises:
+            NotFoundError: no live model has this id.
+        """
+        model = self._model(run_id)
+        model.corrupted = reason
+        self.storage.mark_run_corrupted(run_id, reason)
 
     def submit_forward_backward(self, req: ForwardBackwardRequest, body_fp: bytes) -> Json:
         """``forward_backward`` / forward: validate, then queue in the model's lane."""
@@ -503,6 +526,19 @@ class Engine:
             self._ready(model)
             adapter, opt_state, metrics = self.backend.optim_step(
                 model.run.base_model, model.adapter, model.opt_state, model.grads, params)
+            non_finite = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+            if non_finite:
+                # the backend skipped the step (its state came back unchanged); the
+                # accumulated gradient that caused it is dropped too
+                model.adapter, model.opt_state = adapter, opt_state
+                model.grads, model.accumulated = None, 0
+                raise UserError(
+                    f"optim_step on {model.model_id!r} produced non-finite values "
+                    f"({', '.join(f'{k}={v}' for k, v in sorted(non_finite.items()))}) with "
+                    f"learning_rate={params.learning_rate}; the update and the accumulated "
+                    "gradient were discarded, the weights are those of the previous step. Fix: "
+                    "lower the learning rate, set grad_clip_norm, or check the loss and its "
+                    "inputs for inf / NaN.")
             metrics = {**metrics, "num_datums:sum": float(model.accumulated)}
             model.adapter, model.opt_state = adapter, opt_state
             model.grads, model.accumulated = None, 0
@@ -675,13 +711,16 @@ class Engine:
                 f"rank {model.spec.rank}. Fix: use create_training_client_from_state(path).")
 
         def work() -> Payload:
-            self._ready(model)
+            self._ready(model, restoring=True)
             adapter, opt_state = self._restore(meta, directory, optimizer=req.optimizer)
             if opt_state is None:
                 opt_state = self.backend.init_optimizer(meta.base_model, adapter)
             model.adapter, model.opt_state, model.grads, model.accumulated = (
                 adapter, opt_state, None, 0)
             model.step = meta.step
+            if model.corrupted is not None:
+                model.corrupted = None
+                self.storage.clear_run_corrupted(model.model_id)
             return _json({"path": req.path, "model_id": model.model_id, "type": "load_weights"})
 
         return self._submit("LoadWeights", model.lane, key, body_fp, work,

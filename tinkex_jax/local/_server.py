@@ -110,6 +110,23 @@ class LocalServer:
         """The `Engine` behind the app (for tests and diagnostics)."""
         return self.app.state.engine if self.app is not None else None
 
+    def corrupt_run(self, run_id: str, reason: str = "corrupted by LocalServer.corrupt_run"
+                    ) -> None:
+        """Fault injection for testing recovery code: mark a live training run corrupted.
+
+        From then on the server refuses training and saving on it until a checkpoint is
+        loaded into it, and ``RestClient.get_training_run`` reports ``corrupted=True``, as the
+        hosted service does for a run whose state was lost.
+
+        Raises:
+            RuntimeError: the server is not running.
+            NotFoundError: no live training model has this id.
+        """
+        if self.engine is None:
+            raise RuntimeError("LocalServer.corrupt_run: the server is not running; call it "
+                               "inside `with serve(...) as server:`.")
+        self.engine.corrupt_run(run_id, reason)
+
     def start(self, timeout: float = 300.0) -> LocalServer:
         """Bind a socket, start serving in a daemon thread and wait until it is ready.
 

@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS training_runs (
     lora_alpha REAL NOT NULL, train_attn INTEGER NOT NULL, train_mlp INTEGER NOT NULL,
     train_unembed INTEGER NOT NULL, optimizer_config TEXT NOT NULL DEFAULT '{"type":"adamw"}',
     user_metadata TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL,
-    last_request_time REAL NOT NULL, owner TEXT NOT NULL DEFAULT 'local'
+    last_request_time REAL NOT NULL, owner TEXT NOT NULL DEFAULT 'local', corrupted TEXT
 );
 CREATE TABLE IF NOT EXISTS samplers (
     sampler_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, seq_id INTEGER NOT NULL,
@@ -101,6 +101,7 @@ class RunRow:
     optimizer_config: dict[str, Any] = field(default_factory=lambda: {"type": "adamw"})
     user_metadata: dict[str, Any] = field(default_factory=dict)
     owner: str = "local"
+    corrupted: str | None = None  # why the run's state is unusable, once it is
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,14 @@ class Storage:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         self._clean_partial_dirs()
+
+    def _migrate(self) -> None:
+        # data directories written before a column existed get it (NULL for old rows)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(training_runs)")}
+        if "corrupted" not in columns:
+            self._db.execute("ALTER TABLE training_runs ADD COLUMN corrupted TEXT")
 
     def now(self) -> float:
         """The storage clock's current time (epoch seconds)."""
@@ -292,6 +300,18 @@ class Storage:
         with self._lock:
             self._db.execute("UPDATE training_runs SET last_request_time = ? WHERE run_id = ?",
                              (self._clock(), run_id))
+
+    def mark_run_corrupted(self, run_id: str, reason: str) -> None:
+        """Record that a run's state is unusable (the first reason wins)."""
+        with self._lock:
+            self._db.execute("UPDATE training_runs SET corrupted = ? WHERE run_id = ? AND "
+                             "corrupted IS NULL", (reason, run_id))
+
+    def clear_run_corrupted(self, run_id: str) -> None:
+        """A good state was loaded into the run again."""
+        with self._lock:
+            self._db.execute("UPDATE training_runs SET corrupted = NULL WHERE run_id = ?",
+                             (run_id,))
 
     # ------------------------------------------------------------------ samplers
 

@@ -483,8 +483,7 @@ def _optim_step_impl(lora: Lora, state: OptState, grads: Lora,
     hyper = dict(state.hyperparams)
     hyper.update(learning_rate=hp["learning_rate"], b1=hp["beta1"], b2=hp["beta2"],
                  eps=hp["eps"], weight_decay=hp["weight_decay"])
-    state = state._replace(hyperparams=hyper)
-    updates, state = _ADAMW.update(g, state, lora.weights)
+    updates, new_state = _ADAMW.update(g, state._replace(hyperparams=hyper), lora.weights)
     weights = optax.apply_updates(lora.weights, updates)
     metrics = {
         "grad_norm": grad_norm,
@@ -493,7 +492,13 @@ def _optim_step_impl(lora: Lora, state: OptState, grads: Lora,
         "update_norm": optax.tree.norm(updates),
         "param_norm": optax.tree.norm(weights),
     }
-    return Lora(weights=weights, scale=lora.scale), state, metrics
+    # A step with a non-finite norm is skipped in the graph (the old state is donated, so
+    # only here can it be kept): weights and optimizer state come back unchanged.
+    finite = jnp.all(jnp.isfinite(jnp.stack([metrics["grad_norm"], metrics["update_norm"],
+                                             metrics["param_norm"]])))
+    weights = jax.tree.map(lambda new, old: jnp.where(finite, new, old), weights, lora.weights)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    return Lora(weights=weights, scale=lora.scale), new_state, metrics
 
 
 _optim_step_jit = jax.jit(_optim_step_impl, donate_argnums=(1, 2))
@@ -517,7 +522,9 @@ def optim_step(lora: Lora, state: OptState, grads: Lora,
     Returns:
         ``(new_lora, new_state, metrics)``; metrics are scalar device arrays:
         ``grad_norm`` (before clipping), ``grad_norm_clipped``, ``learning_rate``,
-        ``update_norm``, ``param_norm``.
+        ``update_norm``, ``param_norm``. When ``grad_norm``, ``update_norm`` or
+        ``param_norm`` is not finite the step is skipped: the adapter and the optimizer
+        state come back unchanged (the metrics still show the non-finite values).
 
     Raises:
         ValidationError: Unknown hyperparameter names.
