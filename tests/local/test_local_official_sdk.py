@@ -277,6 +277,24 @@ def test_rest_client(service: Any, trained: dict[str, Any], tiny_server: Any) ->
     assert [m.model_name for m in caps.supported_models] == [TINY]
 
 
+def test_a_corrupted_run_as_the_official_sdk_sees_it(service: Any, tiny_server: Any) -> None:
+    tc = service.create_lora_training_client(base_model=TINY, rank=4, seed=0).result()
+    data = [ce_datum(TEXTS[0])]
+    tc.forward_backward(data, "cross_entropy").result()
+    tc.optim_step(T.AdamParams(learning_rate=1e-3)).result()
+    path = tc.save_state("before-loss").result().path
+    rc = tinker.RestClient(base_url=tiny_server.base_url, api_key="tml-official-test")
+    assert rc.get_training_run(tc.model_id).result().corrupted is False
+    tiny_server.corrupt_run(tc.model_id, "its state was lost")
+    assert rc.get_training_run(tc.model_id).result().corrupted is True
+    with pytest.raises(tinker.RequestFailedError, match="is corrupted"):
+        tc.forward_backward(data, "cross_entropy").result()
+    resumed = service.create_training_client_from_state_with_optimizer(path).result()
+    resumed.forward_backward(data, "cross_entropy").result()
+    resumed.optim_step(T.AdamParams(learning_rate=1e-3)).result()
+    assert rc.get_training_run(resumed.model_id).result().corrupted is False
+
+
 def test_close_finishes_the_session(tiny_server: Any) -> None:
     client = tinker.ServiceClient(base_url=tiny_server.base_url, api_key="tml-close-test")
     tc = client.create_lora_training_client(base_model=TINY, rank=2).result()
