@@ -897,6 +897,21 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_listing(args: argparse.Namespace, key: str, items: Sequence[Any],
+                   total: int | None, columns: Sequence[str], rows: Sequence[Sequence[str]]
+                   ) -> int:
+    """Print a list command's result: JSON, a "none" line, or a titled table."""
+    noun = key.replace("_", " ")
+    if args.json:
+        _print_json({key: list(items), "total_count": total})
+    elif not items:
+        print(f"No {noun}.")
+    else:
+        print(_count_title(noun, len(items), total, "--limit 0 shows all"))
+        print(format_table(columns, rows))
+    return 0
+
+
 # ----------------------------------------------------------------------------- run
 
 
@@ -918,14 +933,7 @@ def cmd_run_list(args: argparse.Namespace) -> int:
             return page.training_runs, page.cursor.total_count if page.cursor else None
 
         runs, total = collect_pages(fetch, args.limit)
-    if args.json:
-        _print_json({"training_runs": runs, "total_count": total})
-    elif not runs:
-        print("No training runs.")
-    else:
-        print(_count_title("training runs", len(runs), total, "--limit 0 shows all"))
-        print(format_table(RUN_COLUMNS, run_rows(runs)))
-    return 0
+    return _print_listing(args, "training_runs", runs, total, RUN_COLUMNS, run_rows(runs))
 
 
 def configure_run_info(parser: argparse.ArgumentParser) -> None:
@@ -982,14 +990,8 @@ def cmd_checkpoint_list(args: argparse.Namespace) -> int:
                 return page.checkpoints, page.cursor.total_count if page.cursor else None
 
             checkpoints, total = collect_pages(fetch, args.limit)
-    if args.json:
-        _print_json({"checkpoints": checkpoints, "total_count": total})
-    elif not checkpoints:
-        print("No checkpoints.")
-    else:
-        print(_count_title("checkpoints", len(checkpoints), total, "--limit 0 shows all"))
-        print(format_table(CHECKPOINT_COLUMNS, checkpoint_rows(checkpoints)))
-    return 0
+    return _print_listing(args, "checkpoints", checkpoints, total, CHECKPOINT_COLUMNS,
+                          checkpoint_rows(checkpoints))
 
 
 def _find_checkpoint(rest: RestClient, tinker_path: str) -> Checkpoint:
