@@ -1,6 +1,7 @@
 """Pure builders: values in, values out, no I/O.
 
-Datum construction with the shift-by-one done for you, validation of training data,
+Datum construction with the shift-by-one done for you, RL data from sampled groups
+(group-relative advantages, KL penalties folded in without mutation), validation of training data,
 chunking (PROTOCOL.md §7.3) and merging of chunk results (§7.4), id allocation as explicit
 state (§7.1), tinker path parsing, request-size estimates.
 """
@@ -28,6 +29,7 @@ from ._ids import (
 from ._losses import LOSS_SPECS, LossSpec, validate_loss_config
 from ._paths import parse_tinker_path, tinker_path, training_model_id
 from ._requests import build_forward_backward_requests, validate_training_data
+from ._rl import group_advantages, group_datums, with_kl_penalty
 
 __all__ = [
     "CLONE_SEQ_BLOCK",
@@ -44,6 +46,8 @@ __all__ = [
     "estimate_datum_bytes",
     "estimate_sample_bytes",
     "full_sequence",
+    "group_advantages",
+    "group_datums",
     "merge_metrics",
     "next_model_seq_id",
     "next_sampling_session_seq_id",
@@ -57,4 +61,5 @@ __all__ = [
     "training_model_id",
     "validate_loss_config",
     "validate_training_data",
+    "with_kl_penalty",
 ]
