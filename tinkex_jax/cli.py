@@ -82,6 +82,9 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
                         help="compute threads (default 1; XLA already uses every core)")
     parser.add_argument("--no-warm-up", action="store_true",
                         help="load base models on first use instead of at start-up")
+    parser.add_argument("--max-pending-samples", type=int, default=None,
+                        help="answer sampling requests beyond this many in flight with 429 "
+                             "backpressure, as a busy hosted service does (default: no limit)")
     parser.add_argument("--pjwt-auth", action="store_true",
                         help="serve JWT auth (PROTOCOL.md §1.3): clients exchange their key at "
                              "POST /api/v1/auth/token and send the JWT, as on JWT-mode servers")
@@ -98,7 +101,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         config = ServerConfig.create(
             args.data_dir, args.base_models, host=args.host, port=args.port, api_key=api_key,
             long_poll_timeout_s=args.long_poll_timeout, compute_workers=args.workers,
-            warm_up=not args.no_warm_up, pjwt_auth_enabled=args.pjwt_auth)
+            warm_up=not args.no_warm_up, pjwt_auth_enabled=args.pjwt_auth,
+            max_pending_samples=args.max_pending_samples)
     except ValidationError as exc:
         print(f"tinkex serve: {exc}", file=sys.stderr)
         return 2

@@ -65,6 +65,11 @@ class ServerConfig:
             other authenticated route then accepts only such a JWT (see
             `tinkex_jax.local._jwt`). Off by default, as PROTOCOL.md recommends.
         jwt_lifetime_s: Lifetime (``exp - iat``) of those JWTs.
+        max_pending_samples: Admission control for sampling, as a busy hosted service does:
+            with this many ``asample`` requests queued or running, the next one is answered
+            429 with ``X-Tinker-Sampling-Backpressure: 1`` and ``Retry-After: 1``, which
+            Tinker SDKs wait out and resubmit with the same seq_id. None (default): no
+            limit.
 
     Example:
         >>> cfg = ServerConfig(data_dir=Path("/tmp/x"), port=0)
@@ -91,6 +96,7 @@ class ServerConfig:
     max_sampler_handles: int = 8
     pjwt_auth_enabled: bool = False
     jwt_lifetime_s: float = 3600.0
+    max_pending_samples: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -107,6 +113,11 @@ class ServerConfig:
                           "the SDK gives up on a poll after 45 s, so stay below that")
         if not self.jwt_lifetime_s >= 1:
             raise invalid("ServerConfig.jwt_lifetime_s", "seconds >= 1", self.jwt_lifetime_s)
+        if self.max_pending_samples is not None and (
+                isinstance(self.max_pending_samples, bool)
+                or not isinstance(self.max_pending_samples, int) or self.max_pending_samples < 1):
+            raise invalid("ServerConfig.max_pending_samples", "None or an int >= 1",
+                          self.max_pending_samples)
         if self.compute_workers < 1:
             raise invalid("ServerConfig.compute_workers", "an int >= 1", self.compute_workers)
         if not self.base_models:

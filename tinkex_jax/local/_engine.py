@@ -75,7 +75,13 @@ from ._convert import (
     sample_response,
     training_items,
 )
-from ._errors import ConflictError, NotFoundError, ServerError, UserError
+from ._errors import (
+    ConflictError,
+    NotFoundError,
+    SamplingBackpressureError,
+    ServerError,
+    UserError,
+)
 from ._futures import JSON, PROTOBUF, FutureStore, Outcome, Payload
 from ._rest import checkpoint_json, iso_time, session_json, training_run_json
 from ._scheduler import Scheduler
@@ -189,6 +195,8 @@ class Engine:
         self._dedup = _Dedup()
         self._evicted: set[str] = set()
         self._started = False
+        self.pending_samples = 0  # asample requests queued or running
+        self.sample_backpressure_answers = 0  # 429s sent (ServerConfig.max_pending_samples)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -914,6 +922,7 @@ class Engine:
         base = sampler.row.base_model
         info = self._base(base)
         job = sample_job(req, info, default_max_tokens=self.config.max_tokens_default)
+        self._admit_sample()
         want_table = needs_prompt_table(req)
         seq_ids = [f"{sampler_key or 'adhoc'}:{req.seq_id}:{i}" for i in range(req.num_samples)]
 
@@ -933,8 +942,33 @@ class Engine:
             response = sample_response(req, job.prompt, outcome, table, sample_tables)
             return Payload(encode_sample_response(response), PROTOBUF)
 
+        def admitted_work() -> Payload:
+            try:
+                return work()
+            finally:
+                with self._lock:
+                    self.pending_samples -= 1
+
         lane = f"sample:{uuid.uuid4().hex}"
-        return self._submit("Sample", lane, key, body_fp, work, {"sample_sequence_ids": seq_ids})
+        try:
+            return self._submit("Sample", lane, key, body_fp, admitted_work,
+                                {"sample_sequence_ids": seq_ids})
+        except BaseException:
+            with self._lock:
+                self.pending_samples -= 1
+            raise
+
+    def _admit_sample(self) -> None:
+        """Count one more sampling request in flight, or refuse it with backpressure."""
+        limit = self.config.max_pending_samples
+        with self._lock:
+            if limit is not None and self.pending_samples >= limit:
+                self.sample_backpressure_answers += 1
+                raise SamplingBackpressureError(
+                    f"{self.pending_samples} sampling requests are in flight (this server "
+                    f"takes {limit} at a time: ServerConfig.max_pending_samples). Wait and "
+                    "resubmit with the same seq_id; Tinker SDKs do this by themselves.")
+            self.pending_samples += 1
 
     # ------------------------------------------------------------------ futures
 

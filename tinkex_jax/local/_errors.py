@@ -3,7 +3,9 @@ was wrong and how to fix it (never an empty body)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar, Literal
 
 __all__ = [
     "Category",
@@ -11,6 +13,7 @@ __all__ = [
     "GoneError",
     "InvalidTokenError",
     "NotFoundError",
+    "SamplingBackpressureError",
     "ServerError",
     "UnauthorizedError",
     "UserError",
@@ -37,6 +40,7 @@ class ServerError(Exception):
     status: int = 500
     category: Category = "server"
     code: str = "internal_error"
+    headers: ClassVar[Mapping[str, str] | None] = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -88,6 +92,17 @@ class GoneError(ServerError):
     status = 410
     category = "user"
     code = "gone"
+
+
+class SamplingBackpressureError(ServerError):
+    """Too many sampling requests in flight (HTTP 429 with the backpressure header, which
+    SDKs treat as "wait and resubmit", not as a failure)."""
+
+    status = 429
+    category = "server"
+    code = "sampling_backpressure"
+    headers: ClassVar[Mapping[str, str] | None] = MappingProxyType(
+        {"X-Tinker-Sampling-Backpressure": "1", "Retry-After": "1"})
 
 
 def error_body(error: ServerError) -> dict[str, str]:

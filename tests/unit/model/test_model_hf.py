@@ -187,12 +187,19 @@ def test_loader_errors_are_explicit(tmp_path):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text())
+@given(st.text().filter(lambda t: not any(s in t for s in ("<|bos|>", "<|eos|>", "<|pad|>"))))
 def test_byte_tokenizer_round_trips_any_text(text):
     tok = build_byte_tokenizer()
     ids = tok.encode(text).ids
     assert ids == list(text.encode("utf-8"))
     assert tok.decode(ids) == text
+
+
+def test_special_token_text_encodes_to_the_special_id():
+    # as with Hugging Face tokenizers: the literal "<|pad|>" in a text is the pad token
+    # (hypothesis found this case for the round-trip property above)
+    tok = build_byte_tokenizer()
+    assert tok.encode("a<|pad|>b<|eos|>").ids == [97, 258, 98, 257]
 
 
 def test_byte_tokenizer_file_and_special_ids(tmp_path):
