@@ -188,6 +188,23 @@ def test_sampling_and_prompt_logprobs(raw):
     assert too_long.status_code == 400 and "max_tokens" in too_long.json()["detail"]
 
 
+def test_a_resubmitted_sample_is_deduplicated(raw, fake_backend):
+    sid = raw.session()
+    sampler = raw.ok("create_sampling_session", {
+        "session_id": sid, "sampling_session_seq_id": 0, "base_model": FAKE,
+        "type": "create_sampling_session"})["sampling_session_id"]
+    body = {"sampling_session_id": sampler, "seq_id": 5, "num_samples": 1,
+            "prompt": {"chunks": [{"type": "encoded_text", "tokens": [1, 2]}]},
+            "sampling_params": {"max_tokens": 3, "temperature": 0.0}}
+    first = raw.ok("asample", body)
+    again = raw.ok("asample", body)  # e.g. after a dropped connection: the same request
+    assert again["request_id"] == first["request_id"]
+    raw.result(first["request_id"])
+    assert sum(1 for c in fake_backend.calls if c[0] == "sample") == 1  # computed once
+    other = raw.post("asample", {**body, "num_samples": 2})  # same seq_id, other body
+    assert other.status_code == 400 and "seq_id 5" in other.json()["detail"]
+
+
 def test_checkpoints_survive_a_restart(tmp_path):
     backend = FakeBackend()
     with serve(tmp_path, base_models=[FAKE], backend=backend) as server:
@@ -267,6 +284,44 @@ def test_expired_checkpoints_disappear(tmp_path):
         assert server.engine.reap() == 1
         gone = raw.post("weights_info", {"tinker_path": f"tinker://{model}/weights/t"})
         assert gone.status_code == 404
+
+
+def heartbeat(raw: RawClient, session_id: str) -> httpx.Response:
+    return raw.post("session_heartbeat", {"session_id": session_id,
+                                          "type": "session_heartbeat"})
+
+
+def test_idle_sessions_are_reaped_and_finished_ones_answer_410(tmp_path):
+    with serve(tmp_path, base_models=[FAKE], backend=FakeBackend(),
+               session_idle_timeout_s=900) as server:
+        raw = RawClient(server)
+        idle, alive = raw.session(), raw.session()
+        idle_model, alive_model = raw.create_model(idle), raw.create_model(alive, seq=0)
+        storage = server.engine.storage
+        storage._clock = lambda: time.time() + 1000  # 1000 s later: only `alive` heartbeats
+        assert heartbeat(raw, alive).status_code == 200
+        server.engine.reap()
+        row = storage.get_session(idle)
+        assert (row.finish_reason, row.finish_detail) == ("interrupted", "no heartbeat for 900 s")
+        gone = heartbeat(raw, idle)
+        assert gone.status_code == 410 and gone.json()["code"] == "gone"
+        assert "create a new ServiceClient" in gone.json()["detail"]
+        deadline = time.monotonic() + 10
+        while idle_model in server.engine._models:  # freed in the model's own lane
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert raw.fb_request(idle_model, 1, [datum([1, 2, 3])]).status_code == 404
+        assert storage.get_session(alive).finished_at is None
+        assert len(raw.fb(alive_model, 1, [datum([1, 2, 3])]).loss_fn_outputs) == 1
+        assert heartbeat(raw, alive).status_code == 200
+
+
+def test_a_finished_session_answers_410_and_bad_project_bodies_400(raw):
+    sid = raw.session()
+    raw.ok(f"sessions/{sid}/finish", {"reason": {"type": "success"}})
+    assert heartbeat(raw, sid).status_code == 410
+    bad = raw.http.put(f"/api/v1/sessions/{sid}/project", content=b"{nope")
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["detail"]
 
 
 def test_sessions_listing(raw):

@@ -65,3 +65,22 @@ def _item(datum: Any) -> Any:
     return TrainItem(tokens=np.asarray(toks, np.int32),
                      targets=np.asarray(datum.loss_fn_inputs["target_tokens"].data, np.int64),
                      inputs={"weights": np.ones(len(toks), np.float32)})
+
+
+def test_dynamic_config_and_telemetry_answers_parse_as_the_official_types(
+        fake_server: Any) -> None:
+    import httpx
+
+    headers = {"X-API-Key": "tml-fake"}
+    with httpx.Client(base_url=fake_server.base_url, headers=headers) as http:
+        dynamic = http.post("/api/v1/client/dynamic_config", json={"sdk_version": "0.38.0"})
+        assert dynamic.status_code == 200
+        T.ClientDynamicConfigResponse.model_validate(dynamic.json())
+        event = {"event": "GENERIC_EVENT", "event_id": "e1", "event_session_index": 0,
+                 "severity": "INFO", "timestamp": "2026-11-29T00:00:00Z",
+                 "event_name": "probe", "event_data": {}}
+        sent = http.post("/api/v1/telemetry", json={
+            "events": [event], "platform": "linux", "sdk_version": "0.38.0",
+            "session_id": "sess-x"})
+        assert sent.status_code == 200
+        assert T.TelemetryResponse.model_validate(sent.json()).status == "accepted"

@@ -125,6 +125,23 @@ def test_rl_losses_at_ratio_one(service: Any, loss_fn: str) -> None:
     assert metrics["grad_norm:mean"] > 0
 
 
+def test_loss_fn_config_reaches_the_server(service: Any) -> None:
+    # PPO at ratio 1.5 (sampling logprobs below the current ones by log 1.5) with A = 1:
+    # every token's loss is -min(1.5, clip_high), so the configured threshold shows directly
+    tc = service.create_lora_training_client(base_model=TINY, rank=4, seed=1).result()
+    current = logprobs_of(tc.forward([ce_datum(TEXTS[0])], "cross_entropy").result())[0]
+    toks = list(TEXTS[0].encode())
+    datum = T.Datum(model_input=T.ModelInput.from_ints(toks[:-1]), loss_fn_inputs={
+        "target_tokens": toks[1:],
+        "logprobs": (current - np.log(1.5)).astype(np.float32).tolist(),
+        "advantages": [1.0] * current.size})
+    for clip_high, expected in ((1.2, 1.2), (1.4, 1.4), (2.0, 1.5)):
+        out = tc.forward([datum], "ppo", loss_fn_config={"clip_low_threshold": 0.8,
+                                                         "clip_high_threshold": clip_high})
+        assert out.result().metrics["loss:sum"] == pytest.approx(-expected * current.size,
+                                                                 rel=1e-4)
+
+
 def test_state_round_trip_with_and_without_optimizer(service: Any,
                                                      trained: dict[str, Any]) -> None:
     tc, data = trained["tc"], trained["data"]

@@ -269,7 +269,11 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         return engine.get_session(request.path_params["session_id"])
 
     async def session_project(request: Request) -> Any:
-        data = msgspec.json.decode(await body_of(request) or b"{}")
+        try:
+            data = msgspec.json.decode(await body_of(request) or b"{}")
+        except msgspec.DecodeError as exc:
+            raise UserError(f"The body is not valid JSON ({exc}). Fix: send "
+                            "{\"project_id\": \"...\"}.") from None
         project = data.get("project_id") if isinstance(data, dict) else None
         if not isinstance(project, str) or not project:
             raise UserError("Body must be {\"project_id\": \"...\"}.")

@@ -65,6 +65,10 @@ class ServerConfig:
             other authenticated route then accepts only such a JWT (see
             `tinkex_jax.local._jwt`). Off by default, as PROTOCOL.md recommends.
         jwt_lifetime_s: Lifetime (``exp - iat``) of those JWTs.
+        session_idle_timeout_s: A session without a heartbeat for this long is finished as
+            ``interrupted`` by the background reaper, which frees its training models (their
+            checkpoints stay); its heartbeats then get 410. Tinker SDKs heartbeat every
+            10 s, so only dead clients are reaped. None: never.
         max_pending_samples: Admission control for sampling, as a busy hosted service does:
             with this many ``asample`` requests queued or running, the next one is answered
             429 with ``X-Tinker-Sampling-Backpressure: 1`` and ``Retry-After: 1``, which
@@ -97,6 +101,7 @@ class ServerConfig:
     pjwt_auth_enabled: bool = False
     jwt_lifetime_s: float = 3600.0
     max_pending_samples: int | None = None
+    session_idle_timeout_s: float | None = 900.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -118,6 +123,10 @@ class ServerConfig:
                 or not isinstance(self.max_pending_samples, int) or self.max_pending_samples < 1):
             raise invalid("ServerConfig.max_pending_samples", "None or an int >= 1",
                           self.max_pending_samples)
+        if self.session_idle_timeout_s is not None and not self.session_idle_timeout_s >= 30:
+            raise invalid("ServerConfig.session_idle_timeout_s", "None or seconds >= 30",
+                          self.session_idle_timeout_s,
+                          "SDKs heartbeat every 10 s; a shorter timeout would end live sessions")
         if self.compute_workers < 1:
             raise invalid("ServerConfig.compute_workers", "an int >= 1", self.compute_workers)
         if not self.base_models:

@@ -46,6 +46,7 @@ from ..types import (
     CreateModelRequest,
     CreateSamplingSessionRequest,
     CreateSessionRequest,
+    FinishReason,
     ForwardBackwardRequest,
     LoadWeightsRequest,
     OptimStepRequest,
@@ -77,6 +78,7 @@ from ._convert import (
 )
 from ._errors import (
     ConflictError,
+    GoneError,
     NotFoundError,
     SamplingBackpressureError,
     ServerError,
@@ -217,8 +219,16 @@ class Engine:
         self.storage.close()
 
     def reap(self) -> int:
-        """Delete expired checkpoints and forgotten results; returns checkpoints deleted."""
+        """Delete expired checkpoints and forgotten results, finish sessions idle for longer
+        than ``session_idle_timeout_s``; returns the number of checkpoints deleted."""
         self.futures.collect()
+        timeout = self.config.session_idle_timeout_s
+        if timeout is not None:
+            for session_id in self.storage.idle_sessions(self.storage.now() - timeout):
+                _log.info("finishing session %s: no heartbeat for %.0f s", session_id, timeout)
+                self.finish_session(session_id, SessionFinishRequest(
+                    reason=FinishReason(type="interrupted"),
+                    detail=f"no heartbeat for {timeout:.0f} s"))
         return self.storage.reap_expired()
 
     # ------------------------------------------------------------------ helpers
@@ -335,7 +345,13 @@ class Engine:
         return {"session_id": session_id, "type": "create_session"}
 
     def heartbeat(self, session_id: str) -> Json:
-        """Record a heartbeat (unknown sessions are tolerated)."""
+        """Record a heartbeat (unknown sessions are tolerated; finished ones get 410)."""
+        session = self.storage.get_session(session_id)
+        if session is not None and session.finished_at is not None:
+            raise GoneError(
+                f"Session {session_id!r} is finished ({session.finish_reason}"
+                f"{': ' + session.finish_detail if session.finish_detail else ''}). Fix: "
+                "create a new ServiceClient; resume training from a checkpoint.")
         self.storage.touch_session(session_id)
         return {"type": "session_heartbeat"}
 

@@ -246,6 +246,12 @@ class Storage:
         rows = self._query("SELECT * FROM sessions WHERE session_id = ?", (session_id,))
         return _from_db(SessionRow, rows[0]) if rows else None
 
+    def idle_sessions(self, before: float) -> list[str]:
+        """Unfinished sessions last seen before `before` (epoch seconds)."""
+        rows = self._query("SELECT session_id FROM sessions WHERE finished_at IS NULL AND "
+                           "max(last_seen, created_at) < ?", (before,))
+        return [r["session_id"] for r in rows]
+
     def list_sessions(self, limit: int, offset: int) -> list[SessionRow]:
         """Sessions, newest first."""
         rows = self._query("SELECT * FROM sessions ORDER BY created_at DESC, rowid DESC "
