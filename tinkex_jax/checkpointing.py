@@ -185,7 +185,8 @@ def save_checkpoint(training: TrainingClient, name: str, *, step: int,
         msgspec.json.encode(state)
     except (TypeError, msgspec.EncodeError) as exc:
         raise invalid(f"{where}(loop_state)", "a JSON-encodable mapping",
-                      "<a mapping that JSON cannot encode>", f"convert arrays with .tolist() and numpy scalars with int() / float() "
+                      "<a mapping that JSON cannot encode>",
+                      f"convert arrays with .tolist() and numpy scalars with int() / float() "
                       f"({exc})") from None
     state_future = (training.save_state(name, ttl_seconds=ttl_seconds)
                     if kind in ("state", "both") else None)

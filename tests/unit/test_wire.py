@@ -202,3 +202,11 @@ def test_zstd_round_trip_and_bomb_guard():
     assert zstd_decompress(zstd_compress(body)) == body
     with pytest.raises(ValueError, match="more than"):
         zstd_decompress(zstd_compress(b"\0" * 10_000), max_size=1000)
+
+
+def test_json_encoding_converts_arrays_and_names_what_it_cannot_encode():
+    from tinkex_jax.wire import encode_json
+
+    assert encode_json({"a": np.arange(3), "b": np.float32(0.5)}) == b'{"a":[0,1,2],"b":0.5}'
+    with pytest.raises(TypeError, match=r"cannot encode a object as JSON.*Fix: convert it"):
+        encode_json({"x": object()})

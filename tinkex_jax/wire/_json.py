@@ -34,7 +34,9 @@ def _enc_hook(obj: Any) -> Any:
         return obj.item()
     if hasattr(obj, "__array__"):
         return np.asarray(obj).tolist()
-    raise NotImplementedError(f"cannot encode {type(obj).__name__} as JSON")
+    raise TypeError(f"cannot encode a {type(obj).__name__} as JSON: expected builtins, msgspec "
+                    "structs, numpy arrays or scalars, or array-likes. Fix: convert it first "
+                    "(e.g. to a list, str or float).")
 
 
 def _drop_none(value: Any) -> Any:
