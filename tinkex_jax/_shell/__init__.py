@@ -8,7 +8,7 @@ from ._auth import CredentialAuth, JwtCore, whoami_from_jwt
 from ._config import LOCAL_API_KEY, Secret, Settings, join_url, resolve_settings
 from ._constants import ENDPOINTS, PACKAGE_VERSION, PROTOCOL_VERSION, Endpoint
 from ._future import Future
-from ._http import SDK_METHOD, ApiKeyAuth, HttpCore, build_async_client
+from ._http import SDK_METHOD, HttpCore, build_async_client
 from ._ordering import TurnSequencer
 from ._polling import QueueStateLogger, retrieve_future
 from ._runtime import REAL_RUNTIME, FakeTime, Runtime
@@ -21,7 +21,6 @@ __all__ = [
     "PROTOCOL_VERSION",
     "REAL_RUNTIME",
     "SDK_METHOD",
-    "ApiKeyAuth",
     "CredentialAuth",
     "Endpoint",
     "FakeTime",

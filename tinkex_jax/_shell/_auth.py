@@ -26,9 +26,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import re
 import subprocess
@@ -39,7 +36,14 @@ import httpx
 
 from ..errors import AuthenticationError, PermissionDeniedError, TinkerError
 from ..types import WhoamiResponse
-from ._config import CREDENTIAL_CMD_ENV, Secret, Settings, check_api_key
+from ._config import (
+    CREDENTIAL_CMD_ENV,
+    Secret,
+    Settings,
+    b64_json,
+    check_api_key,
+    jwt_claims,
+)
 from ._errors import SecretSet, redact
 from ._runtime import REAL_RUNTIME, Runtime
 
@@ -76,7 +80,6 @@ EXCHANGE_EXTENSION = "tinkex_jax.jwt_exchange"
 #: How long TINKER_CREDENTIAL_CMD may run before the request fails.
 CREDENTIAL_CMD_TIMEOUT_S = 60.0
 
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 
 
@@ -85,35 +88,6 @@ def _now(runtime: Runtime) -> float:
 
 
 # ---------------------------------------------------------------------------- JWT helpers
-
-
-def _b64_json(segment: str) -> Any:
-    if not segment or not _SEGMENT.fullmatch(segment):
-        raise ValueError("a segment is empty or not base64url")
-    try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        return json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise ValueError("a segment does not decode to JSON") from None
-
-
-def jwt_claims(token: str) -> dict[str, Any]:
-    """The payload claims of a JWT, not verified (the server checks signatures).
-
-    Raises:
-        ValueError: not a JWT; the message never contains the token.
-
-    Example:
-        >>> jwt_claims("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1In0.")
-        {'sub': 'u'}
-    """
-    parts = token.split(".") if isinstance(token, str) else []
-    if len(parts) != 3:
-        raise ValueError("a JWT has three dot-separated segments")
-    claims = _b64_json(parts[1])
-    if not isinstance(claims, dict):
-        raise ValueError("the JWT payload is not a JSON object")
-    return claims
 
 
 def _number(value: object) -> float | None:
@@ -133,6 +107,7 @@ def validate_jwt(token: str) -> dict[str, Any]:
         ValueError: why the token is malformed (never the token itself).
 
     Example:
+        >>> import base64, json
         >>> def seg(d): return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
         >>> token = f'{seg({"alg": "none"})}.{seg({"iat": 100, "exp": 3700})}.'
         >>> validate_jwt(token)["exp"]
@@ -144,14 +119,12 @@ def validate_jwt(token: str) -> dict[str, Any]:
     """
     if not isinstance(token, str):
         raise ValueError("the token is not a string")
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise ValueError("a JWT has three dot-separated segments")
-    if not _SEGMENT.fullmatch(parts[2]):
+    claims = jwt_claims(token)  # three segments, a JSON-object payload
+    header, _, signature = token.split(".")
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", signature):
         raise ValueError("the signature segment is not base64url")
-    if not isinstance(_b64_json(parts[0]), dict):
+    if not isinstance(b64_json(header), dict):
         raise ValueError("the JWT header is not a JSON object")
-    claims = jwt_claims(token)
     exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
     if exp is None:
         raise ValueError("the JWT has no numeric 'exp' claim")
@@ -197,6 +170,7 @@ def identity_jwt_of_key(key: str) -> str | None:
     service issued it (``iss`` starting with ``passport-``); else None.
 
     Example:
+        >>> import base64, json
         >>> def seg(d): return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
         >>> key = f'{seg({"alg": "none"})}.{seg({"iss": "passport-prod", "sub": "u"})}.'
         >>> identity_jwt_of_key(key) == key, identity_jwt_of_key("tml-plain")
@@ -219,6 +193,7 @@ def whoami_from_jwt(token: str) -> WhoamiResponse:
         TinkerError: the token lacks ``sub`` or ``org_id`` (the message names the claim only).
 
     Example:
+        >>> import base64, json
         >>> def seg(d): return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
         >>> claims = {"sub": "tml:user:42", "org_id": "o-7", "email": "ada@example.com"}
         >>> whoami_from_jwt(f'{seg({"alg": "none"})}.{seg(claims)}.')

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,6 +54,7 @@ __all__ = [
     "check_api_key",
     "credentials_path",
     "join_url",
+    "jwt_claims",
     "parse_bool",
     "parse_tags",
     "platform_headers",
@@ -68,6 +70,7 @@ CREDENTIAL_CMD_ENV = "TINKER_CREDENTIAL_CMD"
 #: Where the credential in use came from (shown in messages; never the value).
 CredentialOrigin = Literal["api_key argument", "TINKER_API_KEY", "TINKER_CREDENTIAL_CMD",
                            "credentials file", "local default"]
+_JWT_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -205,14 +208,42 @@ def parse_tags(value: str | None) -> tuple[str, ...]:
     return tuple(sorted({t.strip() for t in value.split(",") if t.strip()}))
 
 
+def b64_json(segment: str) -> Any:
+    """The JSON value of one base64url JWT segment (ValueError if it is not one)."""
+    if not segment or not _JWT_SEGMENT.fullmatch(segment):
+        raise ValueError("a segment is empty or not base64url")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return json.loads(raw)
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise ValueError("a segment does not decode to JSON") from None
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    """The payload claims of a JWT, not verified (the server checks signatures).
+
+    Raises:
+        ValueError: not a JWT; the message never contains the token.
+
+    Example:
+        >>> jwt_claims("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1In0.")
+        {'sub': 'u'}
+    """
+    parts = token.split(".") if isinstance(token, str) else []
+    if len(parts) != 3:
+        raise ValueError("a JWT has three dot-separated segments")
+    claims = b64_json(parts[1])
+    if not isinstance(claims, dict):
+        raise ValueError("the JWT payload is not a JSON object")
+    return claims
+
+
 def _jwt_exp(token: str) -> float | None:
     try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        exp = claims.get("exp")
-        return float(exp) if isinstance(exp, int | float) else None
-    except (IndexError, ValueError, TypeError):
+        exp = jwt_claims(token).get("exp")
+    except ValueError:
         return None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
 def check_api_key(key: str, *, now: float | None = None, where: str = "api_key") -> None:

@@ -11,7 +11,7 @@ import json as _json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Generator, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import httpx
@@ -27,7 +27,7 @@ from ._auth import (
     primary_source,
     validate_jwt,
 )
-from ._config import Secret, Settings, join_url, platform_headers
+from ._config import Settings, join_url, platform_headers
 from ._constants import ENDPOINTS, PROTOCOL_VERSION
 from ._errors import SecretSet, connection_error, status_error
 from ._retry import ProxyRejectBudget, base_retry_delay, parse_retry_after, should_retry_status
@@ -35,7 +35,6 @@ from ._runtime import Runtime
 
 __all__ = [
     "SDK_METHOD",
-    "ApiKeyAuth",
     "HttpCore",
     "build_async_client",
     "configure_logging",
@@ -48,24 +47,6 @@ logger = logging.getLogger("tinkex_jax.http")
 #: None for background work (heartbeats, telemetry, polling): sent as ``x-sdk-method``.
 SDK_METHOD: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "tinkex_jax_sdk_method", default=None)
-
-
-class ApiKeyAuth(httpx.Auth):
-    """Sets a fixed ``X-API-Key`` on every request; its repr never shows the key.
-
-    The shell itself uses `CredentialAuth` (credential command, JWT mode); this is the
-    minimal variant for a plain httpx client.
-    """
-
-    def __init__(self, key: Secret) -> None:
-        self._key = key
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["X-API-Key"] = self._key.reveal()
-        yield request
-
-    def __repr__(self) -> str:
-        return "ApiKeyAuth(<redacted>)"
 
 
 def default_headers(settings: Settings) -> dict[str, str]:
