@@ -91,9 +91,7 @@ def json_response(data: Any, status: int = 200,
 
 
 def _error_response(error: ServerError) -> Response:
-    headers = ({"WWW-Authenticate": 'Bearer error="invalid_token"'}
-               if isinstance(error, InvalidTokenError) else
-               dict(error.headers) if error.headers is not None else None)
+    headers = dict(error.headers) if error.headers is not None else None
     return json_response(error_body(error), error.status, headers)
 
 

@@ -550,12 +550,13 @@ class Engine:
             self._ready(model)
             adapter, opt_state, metrics = self.backend.optim_step(
                 model.run.base_model, model.adapter, model.opt_state, model.grads, params)
+            # a step with non-finite norms came back unchanged (the Backend contract); the
+            # accumulated gradient is consumed either way
+            datums = model.accumulated
+            model.adapter, model.opt_state = adapter, opt_state
+            model.grads, model.accumulated = None, 0
             non_finite = {k: v for k, v in metrics.items() if not math.isfinite(v)}
             if non_finite:
-                # the backend skipped the step (its state came back unchanged); the
-                # accumulated gradient that caused it is dropped too
-                model.adapter, model.opt_state = adapter, opt_state
-                model.grads, model.accumulated = None, 0
                 raise UserError(
                     f"optim_step on {model.model_id!r} produced non-finite values "
                     f"({', '.join(f'{k}={v}' for k, v in sorted(non_finite.items()))}) with "
@@ -563,9 +564,7 @@ class Engine:
                     "gradient were discarded, the weights are those of the previous step. Fix: "
                     "lower the learning rate, set grad_clip_norm, or check the loss and its "
                     "inputs for inf / NaN.")
-            metrics = {**metrics, "num_datums:sum": float(model.accumulated)}
-            model.adapter, model.opt_state = adapter, opt_state
-            model.grads, model.accumulated = None, 0
+            metrics = {**metrics, "num_datums:sum": float(datums)}
             model.step += 1
             return _json({"metrics": metrics})
 

@@ -68,6 +68,8 @@ class InvalidTokenError(UnauthorizedError):
     ``WWW-Authenticate: Bearer error="invalid_token"``, which makes SDKs exchange again)."""
 
     code = "invalid_token"
+    headers: ClassVar[Mapping[str, str] | None] = MappingProxyType(
+        {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
 class NotFoundError(ServerError):
