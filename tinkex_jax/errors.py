@@ -4,20 +4,28 @@
 TinkerError                         base of everything this SDK raises on purpose
 ├── ValidationError (ValueError)    bad input, caught before anything is sent
 ├── ClientPoisonedError             a TrainingClient whose custom-loss chain failed
+├── RequestFailedError              the server accepted the request, then it failed
 └── APIError                        something went wrong talking to the server
     ├── APIConnectionError          no HTTP answer (refused, reset, DNS, proxy)
     │   └── APITimeoutError         no answer within the timeout
     ├── APIResponseValidationError  an answer we could not decode
-    ├── RequestFailedError          the server accepted the request, then it failed
     └── APIStatusError              an HTTP error status
         ├── BadRequestError 400, AuthenticationError 401, BillingError 402,
         ├── PermissionDeniedError 403, NotFoundError 404, ConflictError 409,
         └── UnprocessableEntityError 422, RateLimitError 429, InternalServerError 5xx
 ```
 
-Names match the official `tinker` SDK, so `except tinker.APIStatusError` ports by changing
-the import. Every message says what happened and what to do. Messages never contain the API
-key: the shell redacts credentials before building any error.
+Names, the hierarchy and the constructors match the official `tinker` SDK, so `except
+tinker.APIStatusError` ports by changing the import, and so does code that builds these errors
+itself (test doubles, proxies): ``BadRequestError(message, response=httpx.Response(400, ...),
+body=None)``, ``APIConnectionError(request)``, ``APITimeoutError(request)``,
+``APIResponseValidationError(response, body)``, ``RequestFailedError(message, request_id,
+category)``. The official attributes (``message``, ``request``, ``response``,
+``status_code``, ``body``) are there; ``request`` and ``response`` are rebuilt on first access
+when the SDK made the error, without any headers the request was sent with. Every message
+says what happened and what to do. Messages never contain the API key: the shell redacts
+credentials before building any error. Every error pickles (e.g. across processes).
+httpx is imported only when a ``request`` / ``response`` is rebuilt.
 
 Example:
     >>> from tinkex_jax.errors import status_error_class, NotFoundError
@@ -27,7 +35,12 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "APIConnectionError",
@@ -117,141 +130,386 @@ class ClientPoisonedError(TinkerError, RuntimeError):
 class APIError(TinkerError):
     """Base of errors that come from talking to a server.
 
+    Built like the official SDK's ``APIError(message, request, *, body)``; the keyword forms
+    ``method=`` / ``url=`` are this SDK's (it builds errors without keeping the httpx
+    objects, which carry the credentials in their headers).
+
     Attributes:
         message: The human-readable message.
-        method: HTTP method of the failing request, if any.
-        url: URL of the failing request, if any (never contains credentials).
+        request: The failing `httpx.Request`: the one passed in, else one rebuilt on first
+            access from `method` and `url` (no headers, so no credentials), else None.
+        method: HTTP method of the failing request, if known.
+        url: URL of the failing request, if known (never contains credentials when the SDK
+            built the error).
         body: The decoded response body (JSON value or text), if any.
+
+    Example:
+        >>> from tinkex_jax.errors import APIError
+        >>> err = APIError("boom", method="GET", url="http://127.0.0.1:8000/api/v1/healthz")
+        >>> err.message, err.request.method, str(err.request.url)
+        ('boom', 'GET', 'http://127.0.0.1:8000/api/v1/healthz')
     """
 
     def __init__(
         self,
         message: str,
+        request: Any = None,
         *,
+        body: object | None = None,
         method: str | None = None,
         url: str | None = None,
-        body: object | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.body = body
+        if request is not None:
+            method = method or _text_attr(request, "method")
+            url = url or _text_attr(request, "url")
         self.method = method
         self.url = url
-        self.body = body
+        self._request = request
+        self._request_built = False
+
+    @property
+    def request(self) -> httpx.Request | None:
+        """The failing request (see the class docstring)."""
+        if self._request is None and self.method and self.url:
+            self._request = _build_request(self.method, self.url)
+            self._request_built = self._request is not None
+        return cast("httpx.Request | None", self._request)
+
+    @request.setter
+    def request(self, value: httpx.Request | None) -> None:
+        self._request = value
+        self._request_built = False
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
+        state = self.__dict__.copy()
+        # httpx objects rebuilt from our own fields are dropped (rebuilt again on access);
+        # objects the caller passed in travel as they are (httpx pickles them)
+        for name in ("_request", "_response"):
+            if state.get(f"{name}_built"):
+                state[name] = None
+                state[f"{name}_built"] = False
+        return (_rebuild, (type(self), self.message, state))
 
 
-def _rebuild(cls: type[APIError], message: str, state: dict[str, Any]) -> APIError:
+def _rebuild(cls: type[Exception], message: str, state: dict[str, Any]) -> Exception:
     error = cls.__new__(cls)
     Exception.__init__(error, message)
     error.__dict__.update(state)
     return error
 
 
+def _text_attr(obj: Any, name: str) -> str | None:
+    value = getattr(obj, name, None)
+    return None if value is None else str(value)
+
+
+def _build_request(method: str, url: str) -> Any:
+    import httpx
+
+    try:
+        return httpx.Request(method, url)
+    except Exception:  # a URL httpx cannot parse: no request rather than a second error
+        return None
+
+
+_HOP_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
+
+
+def _build_response(status_code: int, headers: Mapping[str, str], body: object,
+                    request: Any) -> Any:
+    import httpx
+
+    if body is None:
+        content = b""
+    elif isinstance(body, bytes):
+        content = body
+    elif isinstance(body, str):
+        content = body.encode()
+    else:
+        content = json.dumps(body, default=str).encode()
+    kept = {k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS}
+    return httpx.Response(status_code, headers=kept, content=content, request=request)
+
+
+def _request_of(response: Any) -> Any:
+    """``response.request``, or None where httpx has none set (it raises RuntimeError)."""
+    try:
+        return response.request
+    except (RuntimeError, AttributeError):
+        return None
+
+
+def _headers_of(response: Any) -> dict[str, str]:
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return {}
+    return {str(k).lower(): str(v) for k, v in headers.items()}
+
+
 class APIConnectionError(APIError):
-    """The request got no HTTP answer (refused, reset, DNS failure, proxy failure)."""
+    """The request got no HTTP answer (refused, reset, DNS failure, proxy failure).
 
+    Accepts the official form ``APIConnectionError(request, message="...")`` and this SDK's
+    ``APIConnectionError("message", method=..., url=...)``: a string first argument is the
+    message.
 
-class APITimeoutError(APIConnectionError):
-    """The request got no answer within its timeout."""
+    Example:
+        >>> from tinkex_jax.errors import APIConnectionError
+        >>> APIConnectionError("no route to host").message
+        'no route to host'
+    """
 
-
-class APIResponseValidationError(APIError):
-    """The server answered with a body that does not match the expected shape."""
+    _DEFAULT_MESSAGE = "Connection error."
 
     def __init__(
         self,
-        message: str,
+        request: Any = None,
+        message: str | None = None,
         *,
-        status_code: int = 200,
         method: str | None = None,
         url: str | None = None,
-        body: object | None = None,
     ) -> None:
-        super().__init__(message, method=method, url=url, body=body)
-        self.status_code = status_code
+        if isinstance(request, str):
+            if message is not None:
+                raise TypeError(f"{type(self).__name__}: got two messages ({request!r} and "
+                                f"{message!r}); pass the request first, or only a message")
+            request, message = None, request
+        super().__init__(message if message is not None else self._DEFAULT_MESSAGE, request,
+                         body=None, method=method, url=url)
 
 
-class RequestFailedError(APIError):
-    """The server accepted a request and later reported that it failed.
+class APITimeoutError(APIConnectionError):
+    """The request got no answer within its timeout.
+
+    Example:
+        >>> from tinkex_jax.errors import APITimeoutError
+        >>> APITimeoutError().message
+        'Request timed out.'
+    """
+
+    _DEFAULT_MESSAGE = "Request timed out."
+
+
+class APIResponseValidationError(APIError):
+    """The server answered with a body that does not match the expected shape.
+
+    Accepts the official form ``APIResponseValidationError(response, body, message=None)``
+    and this SDK's ``APIResponseValidationError("message", status_code=..., url=...)``: a
+    string first argument is the message.
 
     Attributes:
-        category: ``"user"`` (fix the request), ``"server"`` (retry later or report it) or
-            ``"unknown"``.
-        request_id: The server's id of the failed request.
+        response: The `httpx.Response` passed in, else one rebuilt on first access from
+            `status_code`, the body and the request (None without a status).
+        status_code: The HTTP status of the answer (200 unless known otherwise).
+
+    Example:
+        >>> from tinkex_jax.errors import APIResponseValidationError
+        >>> APIResponseValidationError("bad body", body={"x": 1}).status_code
+        200
     """
 
     def __init__(
         self,
-        message: str,
-        *,
-        category: RequestErrorCategory = "unknown",
-        request_id: str | None = None,
+        response: Any = None,
         body: object | None = None,
+        message: str | None = None,
+        *,
+        status_code: int | None = None,
+        method: str | None = None,
+        url: str | None = None,
     ) -> None:
-        super().__init__(message, body=body)
-        self.category = category
-        self.request_id = request_id
+        if isinstance(response, str):
+            if message is not None:
+                raise TypeError(f"{type(self).__name__}: got two messages ({response!r} and "
+                                f"{message!r}); pass the response first, or only a message")
+            response, message = None, response
+        request = _request_of(response) if response is not None else None
+        if status_code is None:
+            status_code = int(response.status_code) if response is not None else 200
+        super().__init__(message or "Data returned by API invalid for expected schema.",
+                         request, body=body, method=method, url=url)
+        self.status_code = status_code
+        self.headers = _headers_of(response)
+        self._response = response
+        self._response_built = False
+
+    @property
+    def response(self) -> httpx.Response:
+        """The answer (see the class docstring)."""
+        if self._response is None:
+            self._response = _build_response(self.status_code, self.headers, self.body,
+                                             self.request)
+            self._response_built = True
+        return cast("httpx.Response", self._response)
 
 
 class APIStatusError(APIError):
     """The server answered with an HTTP error status (4xx or 5xx).
 
+    Accepts the official form ``APIStatusError(message, response, body)`` (the status is
+    ``response.status_code``) and this SDK's keyword form ``APIStatusError(message,
+    status_code=..., method=..., url=..., body=..., headers=...)``. The subclasses know their
+    status, so ``NotFoundError("gone")`` needs neither.
+
     Attributes:
         status_code: The HTTP status.
         headers: The response headers (lower-cased names).
+        response: The `httpx.Response` passed in, else one rebuilt on first access from the
+            status, headers, body and request.
+
+    Example:
+        >>> import httpx
+        >>> from tinkex_jax.errors import BadRequestError, NotFoundError
+        >>> err = BadRequestError("no", response=httpx.Response(
+        ...     400, request=httpx.Request("POST", "http://h/api/v1/asample")), body=None)
+        >>> err.status_code, err.method, err.response.status_code
+        (400, 'POST', 400)
+        >>> NotFoundError("gone").status_code
+        404
     """
+
+    status_code: int
 
     def __init__(
         self,
         message: str,
+        response: Any = None,
+        body: object | None = None,
         *,
-        status_code: int,
+        status_code: int | None = None,
         method: str | None = None,
         url: str | None = None,
-        body: object | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message, method=method, url=url, body=body)
+        request = None
+        if response is not None:
+            request = _request_of(response)
+            if status_code is None:
+                status_code = int(response.status_code)
+            if headers is None:
+                headers = _headers_of(response)
+        if status_code is None:
+            status_code = _default_status(type(self))
+        super().__init__(message, request, body=body, method=method, url=url)
         self.status_code = status_code
-        self.headers = headers or {}
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()}
+        self._response = response
+        self._response_built = False
+
+    @property
+    def response(self) -> httpx.Response:
+        """The answer (see the class docstring)."""
+        if self._response is None:
+            self._response = _build_response(self.status_code, self.headers, self.body,
+                                             self.request)
+            self._response_built = True
+        return cast("httpx.Response", self._response)
+
+
+def _default_status(cls: type[APIStatusError]) -> int:
+    for klass in cls.__mro__:
+        if klass is APIStatusError:
+            break
+        status = klass.__dict__.get("status_code")
+        if isinstance(status, int):
+            return status
+    raise TypeError(f"{cls.__name__} needs the HTTP answer: pass response=httpx.Response(...) "
+                    "or status_code=<int>")
 
 
 class BadRequestError(APIStatusError):
     """HTTP 400: the server rejected the request as malformed."""
 
+    status_code: int = 400
+
 
 class AuthenticationError(APIStatusError):
     """HTTP 401: the API key is missing, malformed or not accepted."""
+
+    status_code: int = 401
 
 
 class BillingError(APIStatusError):
     """HTTP 402: the account has a billing problem (checked after the billing pause)."""
 
+    status_code: int = 402
+
 
 class PermissionDeniedError(APIStatusError):
     """HTTP 403: the key may not access this resource."""
+
+    status_code: int = 403
 
 
 class NotFoundError(APIStatusError):
     """HTTP 404: the resource (model, checkpoint, session, endpoint) does not exist."""
 
+    status_code: int = 404
+
 
 class ConflictError(APIStatusError):
     """HTTP 409: the request conflicts with the resource's current state."""
+
+    status_code: int = 409
 
 
 class UnprocessableEntityError(APIStatusError):
     """HTTP 422: the request was well formed but semantically invalid."""
 
+    status_code: int = 422
+
 
 class RateLimitError(APIStatusError):
     """HTTP 429: too many requests; retried automatically before you see this."""
 
+    status_code: int = 429
+
 
 class InternalServerError(APIStatusError):
     """HTTP 5xx: the server failed; retried automatically before you see this."""
+
+    status_code: int = 500
+
+
+class RequestFailedError(TinkerError):
+    """The server accepted a request and later reported that it failed.
+
+    Like the official SDK's, this is not an `APIError` (the HTTP exchange worked). Built as
+    ``RequestFailedError(message, request_id, category)``, positionally or by keyword.
+
+    Attributes:
+        message: The human-readable message.
+        request_id: The server's id of the failed request.
+        category: ``"user"`` (fix the request), ``"server"`` (retry later or report it) or
+            ``"unknown"``.
+        body: The failure as the server reported it, if known.
+
+    Example:
+        >>> from tinkex_jax.errors import RequestFailedError
+        >>> err = RequestFailedError("prompt too long", "req-7", "user")
+        >>> err.request_id, err.category
+        ('req-7', 'user')
+    """
+
+    def __init__(
+        self,
+        message: str,
+        request_id: str | None = None,
+        category: RequestErrorCategory = "unknown",
+        *,
+        body: object | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+        self.category = category
+        self.body = body
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
