@@ -44,13 +44,40 @@ from tinkex_jax.wire import decode_json, encode_json
 # ----------------------------------------------------------------------------- TensorData
 
 
-def test_tensor_from_numpy_does_not_copy_matching_arrays():
+def test_tensor_owns_a_copy_of_writeable_arrays():
     arr = np.arange(12, dtype=np.int64).reshape(3, 4)
     t = TensorData.from_numpy(arr)
     assert t.shape == (3, 4) and t.dtype == "int64"
-    assert np.shares_memory(t.to_numpy(), arr)
-    f = np.ones(5, dtype=np.float32)
-    assert np.shares_memory(TensorData.from_numpy(f).values, f)
+    arr[0, 0] = 99
+    assert t.to_numpy()[0, 0] == 0 and not np.shares_memory(t.to_numpy(), arr)
+    with pytest.raises(ValueError, match="read-only"):
+        t.to_numpy()[0, 0] = 5
+
+
+def test_tensor_keeps_read_only_arrays_without_copying():
+    wire = np.frombuffer(np.arange(5, dtype=np.float32).tobytes(), dtype=np.float32)
+    assert np.shares_memory(TensorData.from_numpy(wire).values, wire)
+    # a read-only view of a writeable array is not safe to keep
+    base = np.ones(5, dtype=np.float32)
+    view = base.view()
+    view.flags.writeable = False
+    t = TensorData.from_numpy(view)
+    base[0] = 7
+    assert t.tolist() == [1.0] * 5
+
+
+def test_tensor_data_and_tolist_are_lists_like_the_official_sdk():
+    import json
+
+    t = TensorData(data=[0.25, 0.5, 1.0], dtype="float32")
+    assert t.data == [0.25, 0.5, 1.0] and isinstance(t.data, list)
+    assert json.dumps(sum(t.data)) == "1.75"
+    grid = TensorData.from_numpy(np.arange(6, dtype=np.int64).reshape(2, 3))
+    assert grid.data == [0, 1, 2, 3, 4, 5] and grid.tolist() == [[0, 1, 2], [3, 4, 5]]
+    sparse = TensorData.sparse_from_dense(np.array([[0, 0, 0, 5]] * 3 + [[0] * 4]),
+                                          pad_value=0)
+    assert sparse.is_sparse and sparse.data == [5, 5, 5]
+    assert sparse.tolist(pad_value=-1)[0] == [-1, -1, -1, 5]
 
 
 def test_tensor_converts_other_dtypes():
@@ -121,15 +148,19 @@ def test_tensor_json_round_trip_property(values, dtype):
 # ----------------------------------------------------------------------------- ModelInput / Datum
 
 
-def test_model_input_keeps_arrays_and_rejects_bad_tokens():
+def test_model_input_owns_its_tokens_and_rejects_bad_ones():
     arr = np.arange(5, dtype=np.int32)
     mi = ModelInput.from_ints(arr)
-    assert mi.chunks[0].tokens is arr and mi.length == 5
-    assert ModelInput.from_ints([]).chunks == []
+    arr[0] = 40
+    assert mi.to_ints() == [0, 1, 2, 3, 4] and mi.length == 5
+    tokens = [7, 8]
+    chunk = EncodedTextChunk(tokens=tokens)
+    tokens.clear()
+    assert chunk.tokens == (7, 8)
+    empty = ModelInput.from_ints([])
+    assert empty.length == 0 and empty.chunks == (EncodedTextChunk(tokens=()),)
     with pytest.raises(ValidationError, match=r"tokens\[1\]"):
         EncodedTextChunk(tokens=[1, -2])
-    with pytest.raises(ValidationError, match="at least one token"):
-        EncodedTextChunk(tokens=[])
 
 
 def test_model_input_json_tagged_union_round_trip():
@@ -204,7 +235,7 @@ def test_params_validate_ranges(factory, where):
 def test_sampling_params_stop_forms():
     assert SamplingParams(stop="\n").stop_strings == ["\n"]
     assert SamplingParams(stop=[5, 6]).stop_tokens == [5, 6]
-    assert SamplingParams(stop=[]).stop_tokens == [] and SamplingParams(stop=[]).stop == []
+    assert SamplingParams(stop=[]).stop_tokens == [] and SamplingParams(stop=[]).stop == ()
     assert SamplingParams().stop is None
 
 

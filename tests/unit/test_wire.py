@@ -53,15 +53,21 @@ def datums(draw):
         inputs["topk"] = TensorData.sparse_from_dense(np.array(grid, np.int64).reshape(n, k),
                                                       pad_value=-1)
     chunks = [ModelInput.from_ints(tokens).chunks[0]]
+    image_tokens = 0
     if draw(st.booleans()):
+        image_tokens = draw(st.integers(0, 9))
         chunks.append(ImageChunk(data=draw(st.binary(min_size=1, max_size=20)), format="png",
-                                 expected_tokens=draw(st.none() | st.integers(0, 9))))
-    spans = None
-    if draw(st.booleans()):
-        spans = [PromptProvenanceSpan(sequence_id="a", offset=0, length=1),
-                 SampledProvenanceSpan(sequence_id="b", offset=3, length=n)]
-    return Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs,
-                 model_input_spans=spans, loss_fn_input_spans=spans)
+                                 expected_tokens=image_tokens))
+    datum = Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs)
+    if draw(st.booleans()):  # spans tile each field: input positions, then target rows
+        split = draw(st.integers(0, n))
+        datum = datum.with_provenance(
+            model_input=[PromptProvenanceSpan(sequence_id="a", length=split),
+                         SampledProvenanceSpan(sequence_id="b", offset=3,
+                                               length=n - split + image_tokens)],
+            loss_fn_inputs=[PromptProvenanceSpan(sequence_id="a", offset=1, length=split),
+                            SampledProvenanceSpan(sequence_id="b", length=n - split)])
+    return datum
 
 
 @settings(max_examples=40, deadline=None)

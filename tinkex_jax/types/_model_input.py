@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import invalid
-from ._base import WireStruct, force_set, is_array_like
+from ._base import FrozenList, WireStruct, force_set, is_array_like, readonly_array
 
 __all__ = [
     "EncodedTextChunk",
@@ -21,54 +20,82 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    _Tokens = Sequence[int] | npt.NDArray[Any]
-else:
-    _Tokens = list[int]
+    _Tokens = tuple[int, ...] | npt.NDArray[Any]
+    _TokensInput = Sequence[int] | npt.NDArray[Any]
+else:  # what msgspec decodes from JSON
+    _Tokens = tuple[int, ...]
 
 _INT32_MAX = 2**31 - 1
 ImageFormat = Literal["png", "jpeg"]
 
 
-def _normalise_tokens(tokens: Any, where: str) -> list[int] | np.ndarray:
-    """Validate token ids; arrays stay arrays (no copy), lists stay lists."""
-    if is_array_like(tokens):
-        arr = np.asarray(tokens)
-        if arr.ndim != 1 or arr.dtype.kind not in "iu":
-            raise invalid(where, "a 1-D integer array of token ids",
-                          f"<array of shape {arr.shape} and dtype {arr.dtype}>",
-                          "pass a flat list or array of ints")
-        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > _INT32_MAX):
-            raise invalid(where, "token ids in [0, 2**31)", f"<ids from {arr.min()} to {arr.max()}>")
-        return arr
-    if not isinstance(tokens, list):
-        tokens = list(tokens)
-    for i, t in enumerate(tokens):
-        if not isinstance(t, int | np.integer) or isinstance(t, bool) or t < 0 or t > _INT32_MAX:
+def _token_array(tokens: Any, where: str) -> np.ndarray:
+    """Validate an array of token ids; the caller's array is never kept (see readonly_array)."""
+    if type(tokens).__module__.startswith("torch"):
+        tokens = tokens.detach().cpu().numpy()
+    arr = np.asarray(tokens)
+    if arr.ndim != 1 or (arr.dtype.kind not in "iu" and arr.size):
+        raise invalid(where, "a 1-D integer array of token ids",
+                      f"<array of shape {arr.shape} and dtype {arr.dtype}>",
+                      "pass a flat list or array of ints")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > _INT32_MAX):
+        raise invalid(where, "token ids in [0, 2**31)", f"<ids from {arr.min()} to {arr.max()}>")
+    return readonly_array(arr if arr.size else arr.astype(np.int64))
+
+
+def _token_tuple(tokens: Any, where: str) -> FrozenList:
+    """Validate token ids given as a sequence; returns them as a FrozenList of Python ints."""
+    ids = FrozenList(tokens)
+    if all(type(t) is int for t in ids):  # the common case, checked in C
+        if ids and (min(ids) < 0 or max(ids) > _INT32_MAX):
+            bad = next(i for i, t in enumerate(ids) if t < 0 or t > _INT32_MAX)
+            raise invalid(f"{where}[{bad}]", "a token id: an int in [0, 2**31)", ids[bad])
+        return ids
+    out = []
+    for i, t in enumerate(ids):
+        if not isinstance(t, int | np.integer) or isinstance(t, bool | np.bool_) or t < 0 \
+                or t > _INT32_MAX:
             raise invalid(f"{where}[{i}]", "a token id: an int in [0, 2**31)", t,
                           "tokenize text first, e.g. with tokenizer.encode(text)")
-    return tokens
+        out.append(int(t))
+    return FrozenList(out)
+
+
+def _normalise_tokens(tokens: Any, where: str) -> FrozenList | np.ndarray:
+    """Token ids as the chunk keeps them: a FrozenList (an immutable list) for sequences, a
+    read-only array for arrays (copied unless read-only all the way down)."""
+    if is_array_like(tokens):
+        return _token_array(tokens, where)
+    if isinstance(tokens, str | bytes) or not isinstance(tokens, Iterable):
+        raise invalid(where, "a sequence or 1-D array of token ids", f"<{type(tokens).__name__}>",
+                      "tokenize text first, e.g. with tokenizer.encode(text)")
+    return _token_tuple(tokens, where)
 
 
 class EncodedTextChunk(WireStruct, frozen=True, kw_only=True, tag="encoded_text",
                        tag_field="type", eq=False):
     """A run of token ids.
 
-    ``tokens`` may be a list of ints or a 1-D integer numpy array (kept without copying).
-    An empty chunk is rejected: Tinker answers it with HTTP 400.
+    ``tokens`` may be any sequence of ints (kept as a `FrozenList`, an immutable list) or a
+    1-D integer array (kept as a read-only array; a writeable one is copied). The chunk owns its tokens: changing the
+    list or array it was built from changes nothing here. An empty chunk is allowed (it
+    adds no positions), as in the official SDK.
 
     Example:
-        >>> EncodedTextChunk(tokens=[1, 2, 3]).length
-        3
+        >>> tokens = [1, 2, 3]
+        >>> chunk = EncodedTextChunk(tokens=tokens)
+        >>> tokens.append(4)
+        >>> chunk.length, chunk.tokens
+        (3, (1, 2, 3))
     """
 
     tokens: _Tokens
 
+    if TYPE_CHECKING:
+        def __init__(self, *, tokens: _TokensInput) -> None: ...
+
     def __post_init__(self) -> None:
-        tokens = _normalise_tokens(self.tokens, "EncodedTextChunk.tokens")
-        if len(tokens) == 0:
-            raise invalid("EncodedTextChunk.tokens", "at least one token", [],
-                          "drop empty chunks (ModelInput.from_ints does this for you)")
-        force_set(self, "tokens", tokens)
+        force_set(self, "tokens", _normalise_tokens(self.tokens, "EncodedTextChunk.tokens"))
 
     @property
     def length(self) -> int:
@@ -141,7 +168,7 @@ ModelInputChunk = EncodedTextChunk | ImageChunk | ImageAssetPointerChunk
 
 
 class ModelInput(WireStruct, frozen=True, kw_only=True):
-    """What the model reads: a list of chunks.
+    """What the model reads: a sequence of chunks (kept as a tuple).
 
     Example:
         >>> mi = ModelInput.from_ints([5, 6, 7])
@@ -151,34 +178,38 @@ class ModelInput(WireStruct, frozen=True, kw_only=True):
         [5, 6, 7, 8]
     """
 
-    chunks: list[ModelInputChunk] = msgspec.field(default_factory=list)
+    chunks: tuple[ModelInputChunk, ...] = ()
+
+    if TYPE_CHECKING:
+        def __init__(self, *, chunks: Iterable[ModelInputChunk] = ()) -> None: ...
 
     def __post_init__(self) -> None:
-        if not isinstance(self.chunks, list):
-            force_set(self, "chunks", list(self.chunks))
-        for i, chunk in enumerate(self.chunks):
+        if isinstance(self.chunks, str | bytes) or not isinstance(self.chunks, Iterable):
+            raise invalid("ModelInput.chunks", "a list of chunks", f"<{type(self.chunks).__name__}>",
+                          "build inputs with ModelInput.from_ints(tokens)")
+        chunks = FrozenList(self.chunks)
+        for i, chunk in enumerate(chunks):
             if not isinstance(chunk, EncodedTextChunk | ImageChunk | ImageAssetPointerChunk):
                 raise invalid(f"ModelInput.chunks[{i}]",
                               "an EncodedTextChunk, ImageChunk or ImageAssetPointerChunk",
                               f"<{type(chunk).__name__}>",
                               "build inputs with ModelInput.from_ints(tokens)")
+        force_set(self, "chunks", chunks)
 
     @classmethod
     def from_ints(cls, tokens: Sequence[int] | npt.NDArray[Any]) -> ModelInput:
-        """One text chunk of token ids (list or 1-D int array); empty input gives no chunk."""
-        if len(tokens) == 0:
-            return cls(chunks=[])
-        return cls(chunks=[EncodedTextChunk(tokens=tokens)])
+        """One text chunk of token ids (a sequence or 1-D int array; copied)."""
+        return cls(chunks=(EncodedTextChunk(tokens=tokens),))
 
     @classmethod
     def empty(cls) -> ModelInput:
         """A ModelInput with no chunks."""
-        return cls(chunks=[])
+        return cls(chunks=())
 
     @classmethod
     def concat(cls, parts: Iterable[ModelInput]) -> ModelInput:
         """Concatenate several inputs into one."""
-        return cls(chunks=[c for p in parts for c in p.chunks])
+        return cls(chunks=tuple(c for p in parts for c in p.chunks))
 
     @property
     def length(self) -> int:
@@ -203,8 +234,8 @@ class ModelInput(WireStruct, frozen=True, kw_only=True):
 
     def append(self, chunk: ModelInputChunk) -> ModelInput:
         """A new ModelInput with `chunk` appended."""
-        return ModelInput(chunks=[*self.chunks, chunk])
+        return ModelInput(chunks=(*self.chunks, chunk))
 
     def append_int(self, token: int) -> ModelInput:
         """A new ModelInput with one token appended."""
-        return self.append(EncodedTextChunk(tokens=[token]))
+        return self.append(EncodedTextChunk(tokens=(token,)))

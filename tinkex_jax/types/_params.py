@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     _Stop = str | Sequence[str] | Sequence[int] | None
 else:
-    _Stop = str | list[str | int] | None
+    _Stop = str | tuple[str | int, ...] | None
 
 _INT64_MAX = 2**63 - 1
 _UINT64_MAX = 2**64 - 1
@@ -61,7 +61,7 @@ class SamplingParams(WireStruct, frozen=True, kw_only=True):
 
     Example:
         >>> SamplingParams(max_tokens=16, temperature=0.7, stop=["\\n"]).stop
-        ['\\n']
+        ('\\n',)
     """
 
     max_tokens: int | None = None
@@ -99,7 +99,7 @@ class SamplingParams(WireStruct, frozen=True, kw_only=True):
             if stop == "":
                 raise invalid("SamplingParams.stop", "a non-empty stop string", stop)
             return
-        stop_list: list[Any] = list(stop)
+        stop_list: tuple[Any, ...] = tuple(stop)
         if all(isinstance(s, str) for s in stop_list):
             if any(s == "" for s in stop_list):
                 raise invalid("SamplingParams.stop", "non-empty stop strings", stop_list)

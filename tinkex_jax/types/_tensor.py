@@ -6,27 +6,61 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import invalid
-from ._base import WireStruct, force_set, is_array_like
+from ._base import WireStruct, WireStructMeta, force_set, is_array_like, readonly_array
 
 if TYPE_CHECKING:
     import jax
+    import torch
 
 __all__ = ["TensorData", "TensorDtype", "numpy_dtype"]
 
 TensorDtype = Literal["int64", "float32"]
 
 if TYPE_CHECKING:
-    _DataField: TypeAlias = Union[Sequence[int], Sequence[float], npt.NDArray[Any], "jax.Array", None]  # noqa: UP007
-    _IndexField = Sequence[int] | npt.NDArray[Any] | None
-    _ShapeField = Sequence[int] | None
+    # what the fields hold once built
+    _DataField: TypeAlias = npt.NDArray[Any]
+    _IndexField: TypeAlias = npt.NDArray[Any] | None
+    _ShapeField: TypeAlias = tuple[int, ...]
+    # what the constructor accepts
+    _DataInput: TypeAlias = Union[Sequence[int], Sequence[float], npt.NDArray[Any], "jax.Array",  # noqa: UP007
+                                  "torch.Tensor", None]
 else:  # what msgspec decodes from JSON
     _DataField = list[int | float] | None
     _IndexField = list[int] | None
     _ShapeField = list[int] | None
+
+_TORCH_EXTRA = ("PyTorch is not installed. Fix: pip install torch (or the extra: "
+                "pip install 'tinkex-jax[torch]'); to_numpy() / from_numpy() need no torch.")
+
+
+def _torch() -> Any:
+    """The torch module, imported on first use, with an error that says what to install."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(_TORCH_EXTRA) from None
+    return torch
+
+
+def _is_torch_tensor(value: object) -> bool:
+    """True for a torch.Tensor, without importing torch."""
+    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
+
+
+def _torch_to_numpy(tensor: Any) -> np.ndarray:
+    """A host numpy copy of a torch tensor (detached; bfloat16 widened to float32)."""
+    torch = _torch()
+    t = tensor.detach().cpu()
+    if t.dtype == torch.bfloat16 or (t.is_floating_point() and t.dtype != torch.float32):
+        t = t.to(torch.float32)
+    array = np.array(t.contiguous().numpy(), copy=True)
+    array.flags.writeable = False  # a copy only the new tensor holds: kept without copying
+    return array
 
 _NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "int64": np.dtype("<i8"),
@@ -59,7 +93,8 @@ def _wire_dtype_of(array: np.ndarray) -> TensorDtype:
 
 
 def _as_flat(values: Any, dtype: np.dtype[Any], where: str) -> np.ndarray:
-    """A 1-D contiguous array of `dtype`; no copy when `values` already is one."""
+    """A flat, contiguous, read-only array of `dtype` that nobody else can write to: a
+    caller's writeable array is copied once, a fresh conversion is not copied again."""
     try:
         array = np.asarray(values)
     except (ValueError, TypeError) as exc:
@@ -74,21 +109,50 @@ def _as_flat(values: Any, dtype: np.dtype[Any], where: str) -> np.ndarray:
         if lossy:
             raise invalid(where, "whole numbers for an int64 tensor",
                           "<non-integer floats>", "round the values or use dtype='float32'")
-        array = array.astype(dtype)
-    return np.ascontiguousarray(array).reshape(-1)
+        converted = array.astype(dtype)
+    else:
+        converted = array
+    flat = np.ascontiguousarray(converted).reshape(-1)
+    fresh = not is_array_like(values) or not np.may_share_memory(flat, array)
+    if fresh:  # memory only this tensor can reach
+        flat.flags.writeable = False
+        return flat
+    return readonly_array(flat)
 
 
-class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
+class _TensorDataMeta(WireStructMeta):
+    """Lets ``TensorData(data=..., ...)`` fill the ``values`` field (``data`` is a property
+    that returns a list, as in the official SDK)."""
+
+    def __call__(cls, data: Any = None, dtype: TensorDtype | None = None,
+                 shape: Any = None, sparse_crow_indices: Any = None,
+                 sparse_col_indices: Any = None, *, values: Any = None) -> Any:
+        if values is not None:  # the field's own name: pickle, copy and replace use it
+            if data is not None:
+                raise invalid("TensorData", "data= or values=, not both", "<both>")
+            data = values
+        return super().__call__(values=data, dtype=dtype, shape=shape,
+                                sparse_crow_indices=sparse_crow_indices,
+                                sparse_col_indices=sparse_col_indices)
+
+
+class TensorData(WireStruct, frozen=True, kw_only=True, eq=False, metaclass=_TensorDataMeta):
     """A tensor on the Tinker wire: ``int64`` or ``float32``, dense or sparse CSR.
 
-    ``data`` is always stored as a flat, contiguous numpy array (the values of a sparse
-    tensor); ``shape`` is the dense shape. Construction from a matching numpy array (or a
-    CPU `jax.Array`) does not copy. Sparse CSR tensors are 2-D: ``sparse_crow_indices`` has
-    ``rows + 1`` entries, ``sparse_col_indices`` one per stored value, and every other cell
-    takes the pad value given to `to_numpy`.
+    The values live in ``values``: a flat, contiguous, read-only numpy array (the stored
+    values of a sparse tensor); ``shape`` is the dense shape. The tensor owns its values: a
+    writeable array (or list) given to the constructor is copied once, so changing it later
+    changes nothing here; an array that is already read-only all the way down (wire data,
+    ``np.frombuffer`` over ``bytes``, a CPU `jax.Array`) is kept without copying. Sparse CSR
+    tensors are 2-D: ``sparse_crow_indices`` has ``rows + 1`` entries, ``sparse_col_indices``
+    one per stored value, and every other cell takes the pad value given to `to_numpy`.
+
+    As in the official SDK, ``data`` is a property returning the flat values as a Python
+    list and `tolist` the dense nested list; `to_numpy` is the fast path (a read-only view, no
+    copy) and `to_torch` / `from_torch` bridge to PyTorch when it is installed.
 
     Args:
-        data: The values: a list, a numpy / jax array, or None for an empty tensor.
+        data: The values: a list, a numpy / jax / torch array, or None for an empty tensor.
         dtype: ``"int64"`` or ``"float32"``; inferred from an array when omitted.
         shape: The dense shape; inferred from an array, else 1-D.
         sparse_crow_indices: CSR row pointers (sparse tensors only).
@@ -103,18 +167,28 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
         >>> t = TensorData.from_numpy(np.arange(6, dtype=np.int64).reshape(2, 3))
         >>> t.dtype, t.shape, t.to_numpy()[1].tolist()
         ('int64', (2, 3), [3, 4, 5])
-        >>> TensorData(data=[0.5, 1.0], dtype="float32").tolist()
-        [0.5, 1.0]
+        >>> w = TensorData(data=[0.5, 1.0], dtype="float32")
+        >>> w.data, sum(w.data), w.tolist()
+        ([0.5, 1.0], 1.5, [0.5, 1.0])
     """
 
-    data: _DataField = None
+    values: _DataField = msgspec.field(default=None, name="data")  # type: ignore[arg-type]
     dtype: TensorDtype | None = None
-    shape: _ShapeField = None
+    shape: _ShapeField = None  # type: ignore[assignment]
     sparse_crow_indices: _IndexField = None
     sparse_col_indices: _IndexField = None
 
+    if TYPE_CHECKING:
+        def __init__(self, data: _DataInput = None, dtype: TensorDtype | None = None,
+                     shape: Sequence[int] | None = None,
+                     sparse_crow_indices: Sequence[int] | npt.NDArray[Any] | None = None,
+                     sparse_col_indices: Sequence[int] | npt.NDArray[Any] | None = None
+                     ) -> None: ...
+
     def __post_init__(self) -> None:
-        raw = self.data
+        raw = self.values
+        if _is_torch_tensor(raw):
+            raw = _torch_to_numpy(raw)
         shape_given = self.shape
         if self.dtype is None:
             if raw is None or not is_array_like(raw):
@@ -132,7 +206,7 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
         if shape_given is None and is_array_like(raw):
             shape_given = np.shape(raw)
         flat = _as_flat(raw, np_dtype, "TensorData.data")
-        force_set(self, "data", flat)
+        force_set(self, "values", flat)
         sparse = self.sparse_crow_indices is not None or self.sparse_col_indices is not None
         if shape_given is None:
             if sparse:
@@ -177,11 +251,20 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
         force_set(self, "sparse_crow_indices", crow)
         force_set(self, "sparse_col_indices", col)
 
+    @property
+    def data(self) -> list[Any]:
+        """The stored values, flat, as a new Python list (the official SDK's ``data``).
+
+        Use `to_numpy` (no copy) on hot paths.
+        """
+        return self.values.tolist()
+
     # ------------------------------------------------------------------ conversions
 
     @classmethod
     def from_numpy(cls, array: npt.ArrayLike) -> TensorData:
-        """Wrap a numpy array; no copy for a contiguous int64 or float32 array.
+        """A tensor holding a copy of `array` (no copy when it is a contiguous int64 or
+        float32 array that is read-only all the way down, such as decoded wire data).
 
         Other integer dtypes become int64, other float dtypes (incl. bfloat16) float32.
         """
@@ -190,7 +273,8 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
 
     @classmethod
     def from_jax(cls, array: jax.Array) -> TensorData:
-        """Wrap a `jax.Array` (copied to host; zero-copy for CPU arrays of a wire dtype)."""
+        """A tensor from a `jax.Array` (copied to host; zero-copy for CPU arrays of a wire
+        dtype, which are immutable)."""
         return cls.from_numpy(np.asarray(array))
 
     @classmethod
@@ -231,14 +315,9 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
         return self.sparse_crow_indices is not None
 
     @property
-    def values(self) -> np.ndarray:
-        """The stored values as a flat numpy array (all cells when dense)."""
-        return self.data  # type: ignore[return-value]
-
-    @property
     def ndim(self) -> int:
         """Number of dimensions of the dense tensor."""
-        return len(self.shape)  # type: ignore[arg-type]
+        return len(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -249,8 +328,12 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
         return int(self.values.nbytes) + extra
 
     def to_numpy(self, pad_value: float = 0) -> np.ndarray:
-        """The dense array (a view for dense tensors); sparse cells take `pad_value`."""
-        shape = tuple(self.shape)  # type: ignore[arg-type]
+        """The dense array; sparse cells take `pad_value`.
+
+        For a dense tensor this is a read-only view of the values (no copy); call ``.copy()``
+        on it to get an array you may change.
+        """
+        shape = self.shape
         if not self.is_sparse:
             return self.values.reshape(shape)
         rows = shape[0]
@@ -266,9 +349,38 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
 
         return jnp.asarray(self.to_numpy(pad_value))
 
-    def tolist(self) -> list[Any]:
-        """The dense values as nested Python lists."""
-        return self.to_numpy().tolist()
+    def tolist(self, pad_value: float = 0) -> list[Any]:
+        """The dense values as nested Python lists (sparse cells take `pad_value`)."""
+        return self.to_numpy(pad_value).tolist()
+
+    @classmethod
+    def from_torch(cls, tensor: torch.Tensor) -> TensorData:
+        """A tensor from a torch tensor (detached and copied to host; bfloat16 and other
+        float types become float32, integer and bool types int64). Needs PyTorch.
+
+        Example:
+            >>> import torch  # doctest: +SKIP
+            >>> TensorData.from_torch(torch.tensor([1, 2])).tolist()  # doctest: +SKIP
+            [1, 2]
+        """
+        return cls.from_numpy(_torch_to_numpy(tensor))
+
+    @classmethod
+    def from_torch_sparse(cls, tensor: torch.Tensor, pad_value: float = 0) -> TensorData:
+        """A sparse CSR tensor from a dense 2-D torch tensor, leaving out cells equal to
+        `pad_value` (dense when CSR would not be smaller). Needs PyTorch."""
+        return cls.sparse_from_dense(_torch_to_numpy(tensor), pad_value=pad_value)
+
+    def to_torch(self, pad_value: float = 0) -> torch.Tensor:
+        """The dense values as a new torch tensor (``torch.int64`` or ``torch.float32``) that
+        you may change freely; sparse cells take `pad_value`. Needs PyTorch, imported here.
+
+        Example:
+            >>> TensorData(data=[0.5, 1.0], dtype="float32").to_torch()  # doctest: +SKIP
+            tensor([0.5000, 1.0000])
+        """
+        torch = _torch()
+        return torch.from_numpy(np.array(self.to_numpy(pad_value), copy=True))
 
     def __len__(self) -> int:
         return int(self.shape[0]) if self.shape else 0
@@ -293,4 +405,4 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False):
         kind = "sparse " if self.is_sparse else ""
         preview = np.array2string(self.values[:8], separator=", ")
         more = ", ..." if self.values.size > 8 else ""
-        return f"TensorData({kind}{self.dtype}, shape={list(self.shape)}, data={preview}{more})"  # type: ignore[arg-type]
+        return f"TensorData({kind}{self.dtype}, shape={list(self.shape)}, data={preview}{more})"
