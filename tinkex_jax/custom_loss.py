@@ -47,7 +47,9 @@ from losses import DEFAULT_BUCKET_POLICY, BucketPolicy, LossBatch, make_loss_bat
 from losses import unpad as unpad_batch
 from regularizers import ComposedLoss, ComposedState, TermSpec, compose, report_metrics
 
+from ._loss_signature import loss_kind
 from ._shell import Future
+from ._torch_loss import require_torch, torch_loss_gradients
 from .builders import validate_training_data
 from .errors import ValidationError, invalid
 from .types import Datum, ForwardBackwardOutput, TensorData
@@ -86,7 +88,7 @@ def _datums(data: Sequence[Datum]) -> list[Datum]:
     for i, datum in enumerate(data):
         if not isinstance(datum, Datum):
             raise invalid(f"data[{i}]", "a Datum", f"<{type(datum).__name__}>")
-    return list(data)
+    return [datum.snapshot() for datum in data]
 
 
 def surrogate_forward_data(data: Sequence[Datum]) -> list[Datum]:
@@ -161,23 +163,20 @@ def merge_custom_metrics(backward: Mapping[str, float], custom_loss: float,
                          loss_metrics: Mapping[str, float]) -> dict[str, float]:
     """Metrics of a custom step, as the official SDK reports them (PROTOCOL.md §8.1 step 8).
 
-    The server's ``loss:sum`` (the linear surrogate) becomes ``surrogate_loss:sum``; the
-    loss's metrics are added; ``loss:sum`` is the custom loss.
-
-    Raises:
-        KeyError: the server reported no ``loss:sum``.
+    The server's ``loss:sum`` (the linear surrogate) becomes ``surrogate_loss:sum`` (left
+    out when an older server reports none); the loss's metrics are added; ``loss:sum`` is
+    the custom loss.
 
     Example:
         >>> merge_custom_metrics({"loss:sum": 3.0, "tokens:sum": 8.0}, 1.5, {"acc:mean": 0.5})
         {'tokens:sum': 8.0, 'acc:mean': 0.5, 'loss:sum': 1.5, 'surrogate_loss:sum': 3.0}
     """
     merged = dict(backward)
-    if "loss:sum" not in merged:
-        raise KeyError("the server's forward_backward result has no 'loss:sum' metric")
-    surrogate = merged.pop("loss:sum")
+    surrogate = merged.pop("loss:sum", None)
     merged.update(loss_metrics)
     merged["loss:sum"] = float(custom_loss)
-    merged["surrogate_loss:sum"] = float(surrogate)
+    if surrogate is not None:
+        merged["surrogate_loss:sum"] = float(surrogate)
     return merged
 
 
@@ -330,7 +329,8 @@ class CustomLoss:
                 f"a LossBatch with inputs {sorted(prepared.batch.inputs)} and extras "
                 f"{sorted(prepared.batch.extras)} failed with {type(error).__name__}: {error}. "
                 f"Expected {_EXPECTED_SIGNATURE}, pure JAX (no torch, no .item()); padded "
-                f"positions have batch.mask == 0.", where="loss_fn") from error
+                f"positions have batch.mask == 0. If it is an official-SDK torch loss "
+                f"(data, logprobs_list), pass loss_signature='torch'.", where="loss_fn") from error
 
     def evaluate(self, logprobs: Sequence[ArrayLike], prepared: PreparedBatch
                  ) -> CustomLossOutput:
@@ -415,36 +415,42 @@ def _custom_loss_for(loss_fn: CustomLossFn | CustomLoss,
 def forward_backward_custom(
     training_client: TrainingClient,
     data: Sequence[Datum],
-    loss_fn: CustomLossFn | CustomLoss,
+    loss_fn: CustomLossFn | CustomLoss | Callable[..., Any],
     *,
     regularizers: Sequence[TermSpec | tuple[Any, ...]] | None = None,
     extras: Mapping[str, ArrayLike] | None = None,
     datum_extras: Sequence[Mapping[str, ArrayLike]] | None = None,
     policy: BucketPolicy | None = None,
+    loss_signature: str | None = None,
 ) -> Future[ForwardBackwardOutput]:
-    """Forward, differentiate a JAX loss of the logprobs, and apply it (PROTOCOL.md §8.1).
+    """Forward, differentiate a custom loss of the logprobs, and apply it (PROTOCOL.md §8.1).
 
-    Call it as ``training_client.forward_backward_custom(data, loss_fn, ...)``.
+    Call it as ``training_client.forward_backward_custom(data, loss_fn, ...)``. The loss is
+    either a JAX function ``(logprobs [B, T], batch: LossBatch) -> (loss, metrics)`` (jit-
+    compiled, with regularizers and side arrays) or an official-SDK torch function
+    ``(data, logprobs_list) -> (loss, metrics)`` (needs PyTorch); `tinkex_jax._loss_signature`
+    says how the two are told apart, and `loss_signature` says it explicitly.
 
     Args:
         training_client: the client whose model trains.
         data: the datums; every ``loss_fn_inputs`` key reaches the loss, only
             ``target_tokens`` and ``weights`` reach the server.
-        loss_fn: ``(logprobs [B, T], batch: LossBatch) -> (scalar, metrics)``, or a
-            :class:`CustomLoss` (which carries its regularizers, policy and state).
-        regularizers: weighted terms added to the loss (``TermSpec`` or tuples). Build them
+        loss_fn: the loss, or a :class:`CustomLoss` (which carries its regularizers, policy
+            and state).
+        regularizers: weighted terms added to a JAX loss (``TermSpec`` or tuples). Build them
             once: a new term object means a new compile.
         extras: batch-level side arrays (e.g. ``[P, 2]`` pair indices) in ``batch.extras``.
         datum_extras: one mapping of side arrays per datum (e.g. reference logprobs),
             padded like the inputs into ``batch.extras``.
         policy: the padding buckets (default :data:`losses.DEFAULT_BUCKET_POLICY`).
+        loss_signature: ``"jax"`` or ``"torch"``; None infers it from the signature.
 
     Returns:
         A Future of the backward phase's `ForwardBackwardOutput` with the merged metrics.
 
     Raises:
-        ValidationError: bad data, side arrays or a loss that fails to trace (before
-            anything is sent).
+        ValidationError: bad data, side arrays, a JAX loss that fails to trace, or a torch
+            loss without PyTorch or with JAX-only options (before anything is sent).
 
     Example:
         >>> import jax.numpy as jnp
@@ -455,13 +461,41 @@ def forward_backward_custom(
         ...     data, weighted_nll, regularizers=[("l2", l2(), 1e-3), ("ent", entropy(), 0.01)])
         >>> fut.result().metrics["reg/l2/contribution:sum"]  # doctest: +SKIP
     """
-    custom = _custom_loss_for(loss_fn, regularizers, policy)
+    kind = "jax" if isinstance(loss_fn, CustomLoss) and loss_signature is None else loss_kind(
+        loss_fn, loss_signature)
     datums = _datums(data)
     forward_data = surrogate_forward_data(datums)
     validate_training_data(forward_data, "cross_entropy")
-    prepared = custom.prepare([{k: v.to_numpy() for k, v in d.loss_fn_inputs.items()}
-                               for d in datums], extras=extras, datum_extras=datum_extras)
-    custom.check(prepared)
+    if kind == "torch":
+        jax_only = [name for name, value in (("regularizers", regularizers), ("extras", extras),
+                                            ("datum_extras", datum_extras), ("policy", policy))
+                    if value is not None]
+        if jax_only or isinstance(loss_fn, CustomLoss):
+            raise invalid("forward_backward_custom", "no JAX-only options with a torch loss",
+                          f"<a torch loss (data, logprobs_list) with {jax_only or 'CustomLoss'}>",
+                          "write the loss in JAX as loss_fn(logprobs, batch) to use "
+                          "regularizers, extras or policies, or drop them")
+        require_torch()  # a clear error now, not after the forward pass, when torch is missing
+
+        def evaluate(logprobs: list[np.ndarray]) -> CustomLossOutput:
+            loss, grads, metrics = torch_loss_gradients(loss_fn, datums, logprobs)
+            return CustomLossOutput(loss=loss, grads=grads, metrics=metrics)
+    else:
+        custom = _custom_loss_for(loss_fn, regularizers, policy)
+        prepared = custom.prepare([{k: v.to_numpy() for k, v in d.loss_fn_inputs.items()}
+                                   for d in datums], extras=extras, datum_extras=datum_extras)
+        custom.check(prepared)
+
+        def evaluate(logprobs: list[np.ndarray]) -> CustomLossOutput:
+            return custom.evaluate(logprobs, prepared)
+    return _two_phases(training_client, forward_data, evaluate)
+
+
+def _two_phases(training_client: TrainingClient, forward_data: list[Datum],
+                evaluate: Callable[[list[np.ndarray]], CustomLossOutput]
+                ) -> Future[ForwardBackwardOutput]:
+    """Reserve both phases' request ids, then: forward, `evaluate` in a worker thread, and
+    the backward pass with ``weights = -grad`` over the same chunk boundaries."""
     chunks = training_client._chunk(forward_data)
     n = len(chunks)
     ids = training_client._reserve_request_ids(2 * n)
@@ -470,7 +504,7 @@ def forward_backward_custom(
         forward = await training_client._send_forward_backward(
             ids[:n], chunks, "cross_entropy", None, forward_only=True)
         logprobs = [out["logprobs"].to_numpy() for out in forward.loss_fn_outputs]
-        result = await asyncio.to_thread(custom.evaluate, logprobs, prepared)
+        result = await asyncio.to_thread(evaluate, logprobs)
         backward_chunks = _split_like(surrogate_data(forward_data, result.grads), chunks)
         backward = await training_client._send_forward_backward(
             ids[n:], backward_chunks, "cross_entropy", None, forward_only=False)

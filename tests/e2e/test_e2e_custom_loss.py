@@ -68,6 +68,13 @@ def twice_nll(logprobs: jnp.ndarray, batch: LossBatch) -> tuple[jnp.ndarray, dic
     return 2.0 * nll(logprobs, batch)[0], {}
 
 
+def torch_nll(data: list[tinker.Datum], logprobs_list: list[Any]) -> tuple[Any, dict[str, float]]:
+    """The same loss written for the official SDK: torch, one tensor per datum."""
+    loss = sum(-(lp * d.loss_fn_inputs["weights"].to_torch()).sum()
+               for d, lp in zip(data, logprobs_list, strict=True))
+    return loss, {"tokens": float(sum(len(lp) for lp in logprobs_list))}
+
+
 # Adam with a large eps makes the update proportional to the gradient (not to its sign), so
 # a custom loss with a wrong gradient scale would give a visibly different update.
 LINEAR_ADAM = tinker.AdamParams(learning_rate=0.5, eps=10.0)
@@ -92,6 +99,7 @@ def test_custom_cross_entropy_gives_the_builtin_update(service: tinker.ServiceCl
                        .result(timeout=T), data)
     builtin_out, builtin_after = _one_step(service, data, None)
     custom_out, custom_after = _one_step(service, data, nll)
+    torch_out, torch_after = _one_step(service, data, torch_nll)
     _, twice_after = _one_step(service, data, twice_nll)
 
     builtin_loss = builtin_out.metrics["loss:sum"]
@@ -106,6 +114,11 @@ def test_custom_cross_entropy_gives_the_builtin_update(service: tinker.ServiceCl
     moved = max(float(np.abs(a - b).max()) for a, b in zip(builtin_after, before, strict=True))
     assert moved > 1e-2, "the step must change the model for the comparison to mean anything"
     for a, b in zip(custom_after, builtin_after, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+    # an official-SDK torch loss runs unchanged and gives the same loss and update
+    assert torch_out.metrics["loss:sum"] == pytest.approx(builtin_loss, rel=1e-5)
+    assert torch_out.metrics["tokens"] == sum(len(d.loss_fn_inputs["weights"].data) for d in data)
+    for a, b in zip(torch_after, builtin_after, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
     doubled = max(float(np.abs(a - b).max())
                   for a, b in zip(twice_after, builtin_after, strict=True))
@@ -280,10 +293,11 @@ def test_bad_losses_are_rejected_before_anything_is_sent(service: tinker.Service
     tc = service.create_lora_training_client(TINY, rank=4, seed=5).result(timeout=T)
     data = reversal_data()
 
-    def official_style(data: Any, logprobs_list: Any) -> tuple[Any, dict[str, Any]]:
-        loss = sum(-(lp * d.loss_fn_inputs["weights"]).sum()
-                   for d, lp in zip(data, logprobs_list, strict=False))
-        return loss, {}
+    def mixed_signals(data: jnp.ndarray, batch: LossBatch) -> tuple[Any, dict[str, Any]]:
+        return jnp.sum(data), {}
+
+    def torch_no_signal(d: Any, lps: Any) -> tuple[Any, dict[str, Any]]:
+        return sum(lp.sum() for lp in lps), {}
 
     def not_scalar(logprobs: jnp.ndarray, batch: LossBatch) -> tuple[jnp.ndarray, dict[str, Any]]:
         return -logprobs * batch.mask, {}
@@ -292,8 +306,12 @@ def test_bad_losses_are_rejected_before_anything_is_sent(service: tinker.Service
         return -jnp.sum(logprobs * batch.mask), {"a:b:mean": jnp.sum(logprobs)}
 
     counter = tc._counter
-    with pytest.raises(tinker.ValidationError, match=r"Expected loss_fn\(logprobs"):
-        tc.forward_backward_custom(data, official_style)
+    with pytest.raises(tinker.ValidationError, match="loss_signature"):
+        tc.forward_backward_custom(data, mixed_signals)
+    with pytest.raises(tinker.ValidationError, match="loss_signature='torch'"):
+        tc.forward_backward_custom(data, torch_no_signal)  # traced as JAX: the error says how
+    with pytest.raises(tinker.ValidationError, match="JAX-only"):
+        tc.forward_backward_custom(data, torch_nll, regularizers=[("l2", l2(), 0.1)])
     with pytest.raises(tinker.ValidationError, match="must be a scalar"):
         tc.forward_backward_custom(data, not_scalar)
     with pytest.raises(tinker.ValidationError, match="exactly one ':'"):

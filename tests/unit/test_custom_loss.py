@@ -13,7 +13,7 @@ import pytest
 import losses
 from losses import BucketPolicy, LossBatch
 from regularizers import adaptive_kl, entropy, l2
-from tinkex_jax import Datum, ModelInput, ValidationError
+from tinkex_jax import Datum, ModelInput, TensorData, ValidationError
 from tinkex_jax.builders import datum_from_tokens
 from tinkex_jax.custom_loss import (
     CustomLoss,
@@ -164,5 +164,96 @@ def test_metric_merge_follows_the_official_sdk() -> None:
                                   {"mine:mean": 0.5})
     assert merged == {"num_tokens:sum": 9.0, "mine:mean": 0.5, "loss:sum": 1.25,
                       "surrogate_loss:sum": 4.0}
-    with pytest.raises(KeyError, match="loss:sum"):
-        merge_custom_metrics({"num_tokens:sum": 9.0}, 1.0, {})
+    # an older server that reports no loss:sum: the custom loss still gets reported
+    assert merge_custom_metrics({"num_tokens:sum": 9.0}, 1.0, {}) == {"num_tokens:sum": 9.0,
+                                                                    "loss:sum": 1.0}
+
+
+# ----------------------------------------------------------------------------- official torch losses
+
+
+def test_loss_kind_reads_the_signature() -> None:
+    from tinkex_jax._loss_signature import loss_kind
+
+    def official(data: list[Datum], logprobs_list: list[Any]) -> Any: ...
+    def official_untyped(data, logprobs_list): ...
+    def renamed_but_typed(xs: list[Datum], ys: list[Any]) -> Any: ...
+    def ours(logprobs, batch): ...
+    def ours_typed(lp: jax.Array, b: LossBatch) -> Any: ...
+    def no_signal(a, b): ...
+    def both(data: jax.Array, batch: LossBatch) -> Any: ...
+
+    assert [loss_kind(f) for f in (official, official_untyped, renamed_but_typed)] == [
+        "torch"] * 3
+    assert [loss_kind(f) for f in (ours, ours_typed, no_signal)] == ["jax"] * 3
+    with pytest.raises(ValidationError, match="loss_signature='jax' or loss_signature='torch'"):
+        loss_kind(both)
+    assert loss_kind(both, "torch") == "torch" and loss_kind(official, "jax") == "jax"
+    with pytest.raises(ValidationError, match="loss_signature"):
+        loss_kind(ours, "pytorch")
+
+
+def test_torch_loss_gradients_match_the_jax_loss() -> None:
+    torch = pytest.importorskip("torch")
+    from tinkex_jax._torch_loss import torch_loss_gradients
+
+    data = [datum_from_tokens([1, 2, 3, 4]), datum_from_tokens([5, 6])]
+    logprobs = [np.array([-1.0, -2.0, -0.5], np.float32), np.array([-3.0], np.float32)]
+
+    def official(data: list[Datum], logprobs_list: list[Any]) -> tuple[Any, dict[str, Any]]:
+        per = [(lp.exp() * d.loss_fn_inputs["weights"].to_torch()).sum()
+               for d, lp in zip(data, logprobs_list, strict=True)]
+        loss = -torch.stack(per).log().sum()
+        return loss, {"n": torch.tensor(len(per)), "first": per[0]}
+
+    loss, grads, metrics = torch_loss_gradients(official, data, logprobs)
+
+    def same_in_jax(lps: jax.Array, batch: LossBatch) -> tuple[jax.Array, dict[str, Any]]:
+        per = jnp.sum(jnp.exp(lps) * batch.inputs["weights"] * batch.mask, axis=1)
+        return -jnp.sum(jnp.log(jnp.where(batch.datum_mask > 0, per, 1.0))), {}
+
+    expected = CustomLoss(same_in_jax)(
+        [{k: v.to_numpy() for k, v in d.loss_fn_inputs.items()} for d in data], logprobs)
+    assert loss == pytest.approx(expected.loss, rel=1e-6)
+    for got, want in zip(grads, expected.grads, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert metrics["n"] == 2.0 and metrics["first"] == pytest.approx(
+        float(np.exp(logprobs[0]).sum()), rel=1e-6)
+
+
+def test_torch_loss_gradients_refuse_what_the_official_sdk_cannot_train_on() -> None:
+    torch = pytest.importorskip("torch")
+    from tinkex_jax._torch_loss import torch_loss_gradients
+
+    data = [datum_from_tokens([1, 2, 3])]
+    lps = [np.array([-1.0, -2.0], np.float32)]
+    with pytest.raises(ValueError, match=r"scalar torch\.Tensor"):
+        torch_loss_gradients(lambda d, lp: (lp[0], {}), data, lps)
+    with pytest.raises(ValueError, match="expected loss_fn"):
+        torch_loss_gradients(lambda d, lp: lp[0].sum(), data, lps)
+    with pytest.raises(ValueError, match="not finite"):
+        torch_loss_gradients(lambda d, lp: ((lp[0] * 0).log().sum(), {}), data, lps)
+    # a datum the loss ignores gets a zero gradient, not an error
+    two = data * 2
+    _, grads, _ = torch_loss_gradients(lambda d, lp: (lp[0].sum() + torch.tensor(0.0), {}),
+                                       two, lps * 2)
+    assert grads[0].tolist() == [1.0, 1.0] and grads[1].tolist() == [0.0, 0.0]
+
+
+def test_torch_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from tinkex_jax._torch_loss import require_torch
+
+    real_import = builtins.__import__
+
+    def no_torch(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    with pytest.raises(ValidationError, match=r"pip install 'tinkex-jax\[torch\]'"):
+        require_torch()
+    with pytest.raises(ImportError, match=r"tinkex-jax\[torch\]"):
+        TensorData(data=[1.0], dtype="float32").to_torch()

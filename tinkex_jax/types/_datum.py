@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -327,4 +329,8 @@ class Datum(WireStruct, frozen=True, kw_only=True):
     def snapshot(self) -> Datum:
         """A copy whose ``loss_fn_inputs`` later assignments to this datum cannot reach
         (tensors are immutable and shared; only the mapping is new). Requests take one."""
-        return msgspec.structs.replace(self, loss_fn_inputs=dict(self.loss_fn_inputs))
+        inputs = LossFnInputs()
+        dict.update(inputs, self.loss_fn_inputs)  # values are checked TensorData already
+        copied = copy.copy(self)
+        force_set(copied, "loss_fn_inputs", inputs)
+        return copied
