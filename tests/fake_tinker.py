@@ -257,6 +257,11 @@ class FakeTinker:
                                        "lora_rank": 8})
         if path == "copy_weights":
             return json_response(200, {"tinker_path": "tinker://run-2/weights/copy"})
+        if path == "audit":
+            return json_response(200, {"entries": [{
+                "timestamp": "2026-01-01T00:00:00Z", "event": "checkpoint_delete",
+                "event_details": {"tinker_path": checkpoint["tinker_path"]},
+                "model_id": "run-1", "tinker_path": checkpoint["tinker_path"]}]})
         return json_response(404, {"detail": f"no route {path}"})
 
 

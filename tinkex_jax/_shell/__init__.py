@@ -9,6 +9,7 @@ from ._config import LOCAL_API_KEY, Secret, Settings, join_url, resolve_settings
 from ._constants import ENDPOINTS, PACKAGE_VERSION, PROTOCOL_VERSION, Endpoint
 from ._future import Future
 from ._http import SDK_METHOD, HttpCore, build_async_client
+from ._instrument import as_sdk_method, current_outer_method, instrument_async
 from ._ordering import TurnSequencer
 from ._polling import QueueStateLogger, retrieve_future
 from ._runtime import REAL_RUNTIME, FakeTime, Runtime
@@ -34,7 +35,10 @@ __all__ = [
     "Settings",
     "Shell",
     "TurnSequencer",
+    "as_sdk_method",
     "build_async_client",
+    "current_outer_method",
+    "instrument_async",
     "join_url",
     "resolve_settings",
     "retrieve_future",

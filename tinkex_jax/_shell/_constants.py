@@ -115,4 +115,6 @@ ENDPOINTS: dict[str, Endpoint] = {
     "weights_info": Endpoint("POST", "weights_info"),
     "copy_weights": Endpoint("POST", "copy_weights"),
     "get_sampler": Endpoint("GET", "samplers/{sampler_id}"),
+    # admin (§3.10)
+    "audit_log": Endpoint("GET", "audit"),
 }

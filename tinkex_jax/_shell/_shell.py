@@ -45,6 +45,7 @@ from ._config import Settings
 from ._constants import ENDPOINTS, PROTOCOL_VERSION
 from ._future import Future
 from ._http import SDK_METHOD, HttpCore, configure_logging
+from ._instrument import current_outer_method
 from ._limits import BytesBudget, SampleDispatcher
 from ._loop import LoopThread
 from ._polling import QueueObserver, retrieve_future
@@ -148,12 +149,14 @@ class Shell:
 
     def submit(self, fn: Callable[[], Awaitable[T]], *, sdk_method: str | None,
                future_cls: type[Future[T]] = Future) -> Future[T]:
-        """Run ``fn()`` on the event loop as the public method `sdk_method`; return a Future.
+        """Run ``fn()`` on the event loop as the public method `sdk_method` (or the outer
+        public method running in the caller's context, see `_instrument`); return a Future.
 
         Requests made inside carry ``x-sdk-method``; unexpected failures are reported to
         telemetry (validation errors and poisoned-client errors are not). `future_cls` picks
         the Future subclass (client-creating methods return a `ClientFuture`).
         """
+        sdk_method = current_outer_method() or sdk_method
         if self._closing:
             raise TinkerError(f"{sdk_method or self.name}: the {self.name} is closed. Fix: "
                               "create a new ServiceClient to make more requests")

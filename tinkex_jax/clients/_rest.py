@@ -6,6 +6,7 @@ code). A RestClient needs no session: it only fetches the client config first.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -13,12 +14,14 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from .._shell import Future, Runtime, Shell, resolve_settings, whoami_from_jwt
+from .._shell import Future, Runtime, Shell, instrument_async, resolve_settings, whoami_from_jwt
 from .._shell._background import Telemetry
 from .._shell._runtime import REAL_RUNTIME
 from ..builders import parse_tinker_path
 from ..errors import APIResponseValidationError, TinkerError, invalid
 from ..types import (
+    AuditEventType,
+    AuditLogResponse,
     CheckpointsListResponse,
     CopyWeightsRequest,
     CopyWeightsResponse,
@@ -37,7 +40,7 @@ from ..types import (
     WhoamiResponse,
 )
 
-__all__ = ["AccessScope", "RestClient"]
+__all__ = ["AccessScope", "AdminClient", "RestClient"]
 
 T = TypeVar("T")
 AccessScope = Literal["owned", "accessible"]
@@ -50,6 +53,22 @@ def _scope(access_scope: str) -> str:
     return access_scope
 
 
+_AUDIT_EVENT_TYPES = ("all", "checkpoints", "projects", "teams", "organizations")
+
+
+def _audit_params(event_type: str, day: dt.date | None) -> dict[str, str]:
+    if event_type not in _AUDIT_EVENT_TYPES:
+        raise invalid("get_audit_log(event_type)", f"one of {', '.join(_AUDIT_EVENT_TYPES)}",
+                      event_type)
+    params = {"event_type": event_type}
+    if day is not None:
+        if isinstance(day, dt.datetime) or not isinstance(day, dt.date):
+            raise invalid("get_audit_log(day)", "a datetime.date (the UTC day to list)", day,
+                          "pass e.g. datetime.date(2026, 1, 15), or a datetime's .date()")
+        params["day"] = day.isoformat()
+    return params
+
+
 def _page(limit: int, offset: int) -> dict[str, int]:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise invalid("limit", "an int >= 1", limit)
@@ -58,6 +77,7 @@ def _page(limit: int, offset: int) -> dict[str, int]:
     return {"limit": limit, "offset": offset}
 
 
+@instrument_async
 class RestClient:
     """Manage sessions, training runs and checkpoints.
 
@@ -118,7 +138,8 @@ class RestClient:
             await self._shell.ensure_config()
             return await fn()
 
-        return self._shell.submit(run, sdk_method=f"RestClient.{method}")
+        qualified = method if "." in method else f"RestClient.{method}"
+        return self._shell.submit(run, sdk_method=qualified)
 
     def _get(self, method: str, endpoint: str, response_type: type[T], *,
              path_params: Mapping[str, str] | None = None,
@@ -283,6 +304,32 @@ class RestClient:
         """The server's health (``GET /api/v1/healthz``)."""
         return self._get("healthz", "healthz", HealthResponse)
 
+    # ------------------------------------------------------------------ audit log
+
+    def get_audit_log(self, event_type: AuditEventType = "all", day: dt.date | None = None
+                      ) -> Future[AuditLogResponse]:
+        """The audit events of one UTC day (``GET /api/v1/audit``), oldest first.
+
+        Args:
+            event_type: Which resource's events: ``"checkpoints"``, ``"projects"``,
+                ``"teams"``, ``"organizations"`` or ``"all"``.
+            day: The UTC day to list (default: today on the server).
+
+        The hosted service needs an admin role for this (the official SDK moved it to
+        ``AdminClient``; both work here). The local backend answers with what it did for the
+        keys it serves (see docs/local-backend.md).
+
+        Example:
+            >>> log = rest.get_audit_log("checkpoints").result()            # doctest: +SKIP
+            >>> [(e.timestamp, e.event) for e in log.entries]                # doctest: +SKIP
+        """
+        return _get_audit_log(self, "get_audit_log", event_type, day)
+
+    async def get_audit_log_async(self, event_type: AuditEventType = "all",
+                                  day: dt.date | None = None) -> AuditLogResponse:
+        """Awaitable `get_audit_log` result."""
+        return await self.get_audit_log(event_type, day)
+
     # ------------------------------------------------------------------ identity
 
     def whoami(self) -> Future[WhoamiResponse]:
@@ -402,6 +449,76 @@ class RestClient:
     async def get_sampler_async(self, sampler_id: str) -> GetSamplerResponse:
         """Awaitable `get_sampler` result."""
         return await self.get_sampler(sampler_id)
+
+
+def _get_audit_log(client: RestClient, method: str, event_type: str, day: dt.date | None
+                   ) -> Future[AuditLogResponse]:
+    params = _audit_params(event_type, day)
+    return client._get(method, "audit_log", AuditLogResponse, params=params)
+
+
+@instrument_async
+class AdminClient:
+    """The calls the hosted service reserves for organization admins: the audit log.
+
+    Built like a `RestClient` (``AdminClient(base_url=..., api_key=...)``, then `close` it)
+    or over an existing client's connections. The hosted billing calls of the official
+    ``AdminClient`` are not here: they have no counterpart on other servers.
+
+    Example:
+        >>> admin = AdminClient(base_url="http://127.0.0.1:8000")          # doctest: +SKIP
+        >>> admin.get_audit_log().result().entries                          # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        _holder: Shell | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int | None = None,
+        proxy: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        _runtime: Runtime | None = None,
+    ) -> None:
+        if _holder is not None and (base_url is not None or api_key is not None):
+            raise invalid("AdminClient(_holder, base_url/api_key)",
+                          "either an existing client's connections or base_url/api_key",
+                          "both", "pass only one of them")
+        self._rest = RestClient(_holder, base_url=base_url, api_key=api_key,
+                                default_headers=default_headers, timeout=timeout,
+                                max_retries=max_retries, proxy=proxy, transport=transport,
+                                _runtime=_runtime)
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__module__}.{type(self).__qualname__} "
+                f"base_url={self._rest._shell.settings.base_url!r}>")
+
+    def get_telemetry(self) -> Telemetry | None:
+        """The telemetry batcher (None when telemetry is off)."""
+        return self._rest.get_telemetry()
+
+    def close(self) -> None:
+        """Close a standalone AdminClient's connections (no-op for shared ones)."""
+        self._rest.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get_audit_log(self, event_type: AuditEventType = "all", day: dt.date | None = None
+                      ) -> Future[AuditLogResponse]:
+        """The audit events of one UTC day; see `RestClient.get_audit_log`."""
+        return _get_audit_log(self._rest, "AdminClient.get_audit_log", event_type, day)
+
+    async def get_audit_log_async(self, event_type: AuditEventType = "all",
+                                  day: dt.date | None = None) -> AuditLogResponse:
+        """Awaitable `get_audit_log` result."""
+        return await self.get_audit_log(event_type, day)
 
 
 async def copy_weights(shell: Shell, body: CopyWeightsRequest, *,

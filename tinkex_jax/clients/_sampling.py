@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
-from .._shell import Future, QueueStateLogger, Shell, resolve_settings, shadow_shell
+from .._shell import (
+    Future,
+    QueueStateLogger,
+    Shell,
+    instrument_async,
+    resolve_settings,
+    shadow_shell,
+)
 from .._shell._background import Telemetry
 from .._shell._retry import is_retryable_error, sample_retry_delay, with_holder_retries
 from ..builders import CLONE_SEQ_BLOCK, estimate_sample_bytes, sampling_seq_id
@@ -116,6 +123,7 @@ def _nan_before(values: np.ndarray, last_n: int) -> bool:
     return bool(np.any(~np.isnan(head[1:]))) if head.size > 1 else False
 
 
+@instrument_async
 class SamplingClient:
     """Generates and scores text with one sampling session.
 

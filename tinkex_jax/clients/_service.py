@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from .._shell import Future, Runtime, Shell, resolve_settings
+from .._shell import Future, Runtime, Shell, as_sdk_method, instrument_async, resolve_settings
 from .._shell._background import Telemetry
 from .._shell._errors import redact
 from .._shell._runtime import REAL_RUNTIME
@@ -45,6 +45,7 @@ __all__ = ["ServiceClient"]
 logger = logging.getLogger("tinkex_jax.session")
 
 
+@instrument_async
 class ServiceClient:
     """Connects to a Tinker server and creates training, sampling and REST clients.
 
@@ -125,6 +126,23 @@ class ServiceClient:
     def get_telemetry(self) -> Telemetry | None:
         """The telemetry batcher (None when telemetry is off)."""
         return self._shell.telemetry if self._shell.telemetry.enabled else None
+
+    def get_console_url(self) -> str:
+        """The console page of this session (of your sessions, before one exists).
+
+        No request is made; see `tinkex_jax.console_urls` for where the console is.
+
+        Example:
+            >>> tinker.ServiceClient(base_url="http://127.0.0.1:8000").get_console_url()  # doctest: +SKIP
+            'http://127.0.0.1:8000/console/sessions'
+        """
+        from ..console_urls import session_console_url, sessions_console_url
+
+        base_url = self._shell.settings.base_url
+        session_id = self._shell.session_id
+        if session_id is None:
+            return sessions_console_url(base_url=base_url)
+        return session_console_url(session_id, base_url=base_url)
 
     # ------------------------------------------------------------------ training clients
 
@@ -255,7 +273,9 @@ class ServiceClient:
 
     def get_server_capabilities(self) -> GetServerCapabilitiesResponse:
         """The models the server supports (blocks; see `RestClient` for a Future)."""
-        return RestClient(self._shell).get_server_capabilities().result()
+        with as_sdk_method("ServiceClient.get_server_capabilities"):
+            future = RestClient(self._shell).get_server_capabilities()
+        return future.result()
 
     async def get_server_capabilities_async(self) -> GetServerCapabilitiesResponse:
         """`get_server_capabilities` for async code."""

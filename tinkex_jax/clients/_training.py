@@ -20,7 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from .._shell import Future, QueueStateLogger, Shell, TurnSequencer
+from .._shell import Future, QueueStateLogger, Shell, TurnSequencer, instrument_async
 from .._shell._background import Telemetry
 from ..builders import (
     LOSS_SPECS,
@@ -91,6 +91,7 @@ def _optim_fields(optim_params: AdamParams | DimuonParams | None,
                   f"<{type(params).__name__}>")
 
 
+@instrument_async
 class TrainingClient:
     """One LoRA training model on the server.
 
@@ -530,6 +531,13 @@ class TrainingClient:
     async def get_info_async(self) -> GetInfoResponse:
         """`get_info` for async code (kept for ported code)."""
         return self._info
+
+    def get_console_url(self) -> str:
+        """The console page of this model's training run (no request; see
+        `tinkex_jax.console_urls`)."""
+        from ..console_urls import training_run_console_url
+
+        return training_run_console_url(self.model_id, base_url=self._shell.settings.base_url)
 
     def get_tokenizer(self) -> Any:
         """The model's tokenizer (`tinkex_jax.tokenizer.get_tokenizer` on get_info's

@@ -37,7 +37,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
 from ..errors import ValidationError
@@ -62,6 +62,8 @@ from ..types import (
     WeightsInfoRequest,
 )
 from ..wire import decode_forward_backward_request, zstd_decompress
+from ._audit import AuditLog, parse_audit_query
+from ._console import render as render_console
 from ._engine import Engine, fingerprint
 from ._errors import (
     InvalidTokenError,
@@ -73,6 +75,7 @@ from ._errors import (
 )
 from ._futures import Failure
 from ._jwt import JwtSigner
+from ._rest import iso_time
 
 __all__ = ["create_app"]
 
@@ -170,6 +173,7 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
     config = engine.config
     state: dict[str, bool] = {"ready": False}
     signer = JwtSigner(config.jwt_lifetime_s) if config.pjwt_auth_enabled else None
+    audit = AuditLog(engine.storage)
 
     def endpoint(fn: Callable[[Request], Awaitable[Any]], *, auth: bool = True,
                  raw_key: bool = False) -> Handler:
@@ -275,7 +279,10 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         project = data.get("project_id") if isinstance(data, dict) else None
         if not isinstance(project, str) or not project:
             raise UserError("Body must be {\"project_id\": \"...\"}.")
-        return engine.set_session_project(request.path_params["session_id"], project)
+        result = engine.set_session_project(request.path_params["session_id"], project)
+        audit.record("project_session_assign", {"session_id": request.path_params["session_id"],
+                                                "project_id": project})
+        return result
 
     async def trace_export(request: Request) -> Any:
         engine.get_session(request.path_params["session_id"])
@@ -344,7 +351,11 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
 
     async def copy_weights(request: Request) -> Any:
         req = _decode(await body_of(request), CopyWeightsRequest)
-        return await run_in_threadpool(engine.copy_weights, req)
+        result = await run_in_threadpool(engine.copy_weights, req)
+        source = req.source_path[len("tinker://"):].split("/", 1)
+        audit.record_checkpoint("checkpoint_read", source[0], source[1], purpose="copy",
+                                copied_to=result["tinker_path"])
+        return result
 
     # ---------------------------------------------------------------- REST
 
@@ -367,21 +378,61 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
                                             _query_int(request, "offset", 0, high=10**9))
 
     async def delete_checkpoint(request: Request) -> Any:
-        return await run_in_threadpool(engine.delete_checkpoint, *ckpt_id(request))
+        run_id, checkpoint_id = ckpt_id(request)
+        row = engine.storage.get_checkpoint(run_id, checkpoint_id)
+        result = await run_in_threadpool(engine.delete_checkpoint, run_id, checkpoint_id)
+        audit.record_checkpoint("checkpoint_delete", run_id, checkpoint_id,
+                                created_at=iso_time(row.created_at) if row else None)
+        return result
 
     async def publish(request: Request) -> Any:
-        return engine.set_published(*ckpt_id(request), request.method == "POST")
+        public = request.method == "POST"
+        result = engine.set_published(*ckpt_id(request), public)
+        audit.record_checkpoint("checkpoint_publish" if public else "checkpoint_unpublish",
+                                *ckpt_id(request))
+        return result
 
     async def set_ttl(request: Request) -> Any:
         body = await body_of(request)
         req = _decode(body or b"{}", SetCheckpointTTLRequest)
-        return engine.set_ttl(*ckpt_id(request), req.ttl_seconds)
+        result = engine.set_ttl(*ckpt_id(request), req.ttl_seconds)
+        audit.record_checkpoint("checkpoint_ttl_set", *ckpt_id(request),
+                                ttl_seconds=req.ttl_seconds)
+        return result
 
     async def external_urls(request: Request) -> Any:
         token, files = engine.external_weights_files(*ckpt_id(request))
+        audit.record_checkpoint("checkpoint_read", *ckpt_id(request), purpose="download")
         base = str(request.base_url).rstrip("/")
         return {"urls": {name: f"{base}/api/v1/files/{token}/{name}" for name in files},
                 "expires": engine.expires_at(_EXTERNAL_URL_LIFETIME_S)}
+
+    # ---------------------------------------------------------------- admin, console
+
+    async def audit_log(request: Request) -> Any:
+        kind, day = parse_audit_query(request.query_params.get("event_type"),
+                                      request.query_params.get("day"), engine.storage.now())
+        return await run_in_threadpool(audit.entries, kind, day)
+
+    def console_lookup(question: str, args: tuple[str, ...]) -> Any:
+        if question == "list_sessions":
+            return engine.list_sessions(100, 0)
+        if question == "get_session":
+            return engine.get_session(*args)
+        if question == "get_training_run":
+            return engine.get_training_run(*args)
+        run_id, checkpoint_id = args
+        for checkpoint in engine.list_checkpoints(run_id)["checkpoints"]:
+            if checkpoint["checkpoint_id"] == checkpoint_id:
+                return checkpoint
+        raise NotFoundError(f"Run {run_id!r} has no checkpoint {checkpoint_id!r}.")
+
+    async def console(request: Request) -> Any:
+        open_server = config.api_key is None and signer is None
+        status, page = render_console(request.path_params.get("path", ""),
+                                      dict(request.query_params),
+                                      lookup=console_lookup if open_server else None)
+        return HTMLResponse(page, status_code=status)
 
     async def files(request: Request) -> Any:
         path = engine.file_path(request.path_params["token"], request.path_params["path"])
@@ -447,6 +498,9 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         Route(f"{ckpt}/ttl", endpoint(set_ttl), methods=["PUT"]),
         Route(f"{ckpt}/external_weights_urls", endpoint(external_urls), methods=["GET"]),
         Route(f"{v1}/checkpoints", endpoint(list_user_checkpoints), methods=["GET"]),
+        Route(f"{v1}/audit", endpoint(audit_log), methods=["GET"]),
+        Route("/console", endpoint(console, auth=False), methods=["GET"]),
+        Route("/console/{path:path}", endpoint(console, auth=False), methods=["GET"]),
         Route(f"{v1}/files/{{token}}/{{path:path}}", endpoint(files, auth=False),
               methods=["GET"]),
     ]

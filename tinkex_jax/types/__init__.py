@@ -11,6 +11,7 @@ Example:
     2
 """
 
+from ._audit import AuditEventType, AuditLogEntry, AuditLogResponse
 from ._base import WireStruct
 from ._datum import (
     KEY_DTYPES,
@@ -132,6 +133,9 @@ __all__ = [
     "KEY_DTYPES",
     "AdamOptimizerConfig",
     "AdamParams",
+    "AuditEventType",
+    "AuditLogEntry",
+    "AuditLogResponse",
     "AuthTokenRequest",
     "CancelFutureRequest",
     "Checkpoint",

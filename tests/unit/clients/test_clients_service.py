@@ -15,14 +15,14 @@ from tinkex_jax.builders import datum_from_tokens
 
 official = pytest.importorskip("tinker")
 
-# Official methods we deliberately leave out (hosted-console links, admin/billing endpoints,
+# Official methods we deliberately leave out (hosted billing endpoints,
 # the experimental session search, server-side custom-loss upload).
 NOT_PORTED = {
-    "ServiceClient": {"get_console_url", "create_custom_loss"},
-    "TrainingClient": {"get_console_url"},
+    "ServiceClient": {"create_custom_loss"},
+    "TrainingClient": set(),
     "SamplingClient": {"create"},
-    "RestClient": {"get_audit_log", "get_audit_log_async", "get_billing_usage",
-                   "get_billing_usage_async", "get_current_checkpoint_storage_usage",
+    "RestClient": {"get_billing_usage", "get_billing_usage_async",
+                   "get_current_checkpoint_storage_usage",
                    "get_current_checkpoint_storage_usage_async", "search_sessions"},
 }
 # Our forward_backward_custom takes extra keyword arguments (regularizers, ...).
@@ -189,7 +189,8 @@ def test_all_is_sorted_complete_and_renamed():
 
     assert tinker.ServiceClient  # the clients load on first use
     public = {n for n, v in vars(tinker).items() if not n.startswith("_") and (
-        n == "types" or not isinstance(v, pytypes.ModuleType))} | {"__version__"}
+        n in ("types", "auth", "lib") or not isinstance(v, pytypes.ModuleType))} | {
+        "__version__", "__title__"}
     assert tinker.__all__ == sorted(tinker.__all__)
     assert set(tinker.__all__) == public
     assert repr(tinker.TrainingClient) == "<class 'tinkex_jax.TrainingClient'>"
@@ -215,3 +216,23 @@ def test_import_does_not_import_jax():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_audit_log_query_and_answer():
+    import datetime as dt
+
+    fake = FakeTinker()
+    service = make_service(fake)
+    rest = service.create_rest_client()
+    log = rest.get_audit_log("checkpoints", dt.date(2026, 1, 15)).result(timeout=5)
+    assert [(e.event, e.tinker_path) for e in log.entries] == [
+        ("checkpoint_delete", "tinker://run-1/weights/s1")]
+    assert log.entries[0].timestamp == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rest.get_audit_log().result(timeout=5)
+    calls = fake.calls_to("audit")
+    assert [(c.method, c.query) for c in calls] == [
+        ("GET", {"event_type": "checkpoints", "day": "2026-01-15"}),
+        ("GET", {"event_type": "all"})]
+    assert calls[0].headers["x-sdk-method"] == "RestClient.get_audit_log"
+    assert "create_session" not in fake.paths()
+    service.close()
