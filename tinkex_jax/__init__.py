@@ -12,11 +12,17 @@ Code written for the official SDK ports by changing the import::
 
 Every submitting method returns a `Future`: ``.result()`` in scripts, ``await`` in async code
 and notebooks. ``import tinkex_jax`` does not import JAX.
+
+The official SDK's module paths work too (``from tinkex_jax.types.tensor_data import
+TensorData``, ``tinkex_jax.lib.public_interfaces.APIFuture``; see `tinkex_jax._modules`), and
+for code you do not control, ``tinkex_jax.install_as_tinker()`` makes ``import tinker`` itself
+resolve to tinkex_jax in the whole process (docs/porting.md).
 """
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
+from . import _modules
 from .errors import (
     APIConnectionError,
     APIError,
@@ -39,11 +45,18 @@ from .errors import (
 )
 
 if _TYPE_CHECKING:
-    from . import types
+    from httpx import Timeout
+
+    from . import auth, lib, types
+    from ._as_tinker import TinkerAlias, install_as_tinker, uninstall_as_tinker
     from ._shell import PACKAGE_VERSION as __version__
     from ._shell import Future
     from ._shell import Future as APIFuture
+    from .clients import ClientFuture as BackcompatSamplingClientFuture
+    from .clients import ClientFuture as BackcompatTrainingClientFuture
     from .clients import RestClient, RetryConfig, SamplingClient, ServiceClient, TrainingClient
+    from .clients._rest import AdminClient
+    from .lib import ExperimentalWarning
     from .types import (
         AdamOptimizerConfig,
         AdamParams,
@@ -52,6 +65,7 @@ if _TYPE_CHECKING:
         Datum,
         DimuonOptimizerConfig,
         DimuonParams,
+        DmelChunk,
         EncodedTextChunk,
         ForwardBackwardOutput,
         ImageAssetPointerChunk,
@@ -62,6 +76,7 @@ if _TYPE_CHECKING:
         ModelInputChunk,
         OptimizerConfig,
         OptimParams,
+        OptimStepRequest,
         OptimStepResponse,
         ParsedCheckpointTinkerPath,
         PromptProvenanceSpan,
@@ -89,7 +104,10 @@ __all__ = [
     "APITimeoutError",
     "AdamOptimizerConfig",
     "AdamParams",
+    "AdminClient",
     "AuthenticationError",
+    "BackcompatSamplingClientFuture",
+    "BackcompatTrainingClientFuture",
     "BadRequestError",
     "BillingError",
     "Checkpoint",
@@ -99,7 +117,9 @@ __all__ = [
     "Datum",
     "DimuonOptimizerConfig",
     "DimuonParams",
+    "DmelChunk",
     "EncodedTextChunk",
+    "ExperimentalWarning",
     "ForwardBackwardOutput",
     "Future",
     "ImageAssetPointerChunk",
@@ -112,6 +132,7 @@ __all__ = [
     "ModelInputChunk",
     "NotFoundError",
     "OptimParams",
+    "OptimStepRequest",
     "OptimStepResponse",
     "OptimizerConfig",
     "ParsedCheckpointTinkerPath",
@@ -131,16 +152,28 @@ __all__ = [
     "StopReason",
     "TensorData",
     "TensorDtype",
+    "Timeout",
+    "TinkerAlias",
     "TinkerError",
     "TrainingClient",
     "TrainingRun",
     "UnprocessableEntityError",
     "ValidationError",
+    "__title__",
     "__version__",
+    "auth",
+    "install_as_tinker",
+    "lib",
     "types",
+    "uninstall_as_tinker",
 ]
 
-_ERRORS = frozenset(n for n in __all__ if n in globals())
+#: The distribution's name (the official SDK's ``tinker.__title__`` is its own).
+__title__ = "tinkex_jax"
+
+_ERRORS = frozenset(n for n in __all__ if n in globals() and isinstance(globals()[n], type)
+                    and issubclass(globals()[n], BaseException))
+_EAGER = frozenset(n for n in __all__ if n in globals())
 
 
 def _export_name(obj: object, name: str) -> None:
@@ -156,24 +189,46 @@ def _export_name(obj: object, name: str) -> None:
 def _load_clients() -> None:
     """Import the clients, the shell (httpx) and the wire types (numpy) on first use, so that
     ``import tinkex_jax`` stays a few milliseconds and never imports JAX."""
+    import importlib
+
+    import httpx
+
     from . import _shell, clients, types
 
-    namespace: dict[str, _Any] = {"types": types, "__version__": _shell.PACKAGE_VERSION,
-                                 "Future": _shell.Future, "APIFuture": _shell.Future}
+    # Not ``from . import auth, lib``: that asks this module's __getattr__ first.
+    auth = importlib.import_module(".auth", __name__)
+    lib = importlib.import_module(".lib", __name__)
+
+    namespace: dict[str, _Any] = {
+        "types": types, "auth": auth, "lib": lib, "__version__": _shell.PACKAGE_VERSION,
+        "Future": _shell.Future, "APIFuture": _shell.Future, "Timeout": httpx.Timeout,
+        "BackcompatTrainingClientFuture": clients.ClientFuture,
+        "BackcompatSamplingClientFuture": clients.ClientFuture,
+        "ExperimentalWarning": lib.ExperimentalWarning,
+        "AdminClient": importlib.import_module(".clients._rest", __name__).AdminClient}
     for name in __all__:
-        if name in namespace or name in _ERRORS or name == "ModelID":
+        if name in namespace or name in _EAGER or name in _SWITCH:
             continue
         namespace[name] = getattr(clients, name, None) or getattr(types, name)
     for name, obj in namespace.items():
         _export_name(obj, name)
     globals().update(namespace)
+    __getattr__("install_as_tinker")
+
+
+_SWITCH = frozenset({"TinkerAlias", "install_as_tinker", "uninstall_as_tinker"})
 
 
 def __getattr__(name: str) -> _Any:
+    if name in _SWITCH:  # no httpx for these: load only the switch
+        from . import _as_tinker
+
+        globals().update({n: getattr(_as_tinker, n) for n in _SWITCH})
+        return globals()[name]
     if name in __all__:
         _load_clients()
         return globals()[name]
-    raise AttributeError(f"module 'tinkex_jax' has no attribute {name!r}")
+    return _modules.submodule(__name__, name)
 
 
 def __dir__() -> list[str]:
@@ -183,3 +238,4 @@ def __dir__() -> list[str]:
 for _name in _ERRORS:
     _export_name(globals()[_name], _name)
 del _name
+_modules.install()
