@@ -5,6 +5,12 @@
 Faults are injected per path with `FakeTinker.inject`: each matching request consumes the
 next action (a response, an exception to raise, or a callable). `serve_http` exposes the
 same handler on a real 127.0.0.1 socket for tests that need a second process.
+
+``FakeTinker(older=True)`` answers like a Tinker-compatible server built for older SDKs
+(PROTOCOL.md §12): asample futures without ``sample_sequence_ids``, forward_backward metrics
+without ``loss:sum``, no ``sessions/{id}/finish`` endpoint (``finish_status``: 404 or 405),
+``load_weights`` only in the legacy form (a 422 naming ``model_id`` otherwise), and prompt
+logprobs for the whole prompt whatever ``prompt_logprobs_last_n`` says.
 """
 
 from __future__ import annotations
@@ -56,7 +62,10 @@ class FakeTinker:
 
     def __init__(self, *, client_config: dict[str, Any] | None = None,
                  dynamic_config: dict[str, Any] | None = None, session_id: str = "sess-1",
-                 pending_polls: int = 0) -> None:
+                 pending_polls: int = 0, older: bool = False, finish_status: int = 404
+                 ) -> None:
+        self.older = older
+        self.finish_status = finish_status
         self.client_config = client_config if client_config is not None else {}
         self.dynamic_config = dynamic_config  # None: answer 404
         self.session_id = session_id
@@ -146,6 +155,10 @@ class FakeTinker:
         if path == "telemetry":
             return json_response(200, {"status": "accepted"})
         if path.startswith("sessions/") and path.endswith("/finish"):
+            if self.older:
+                return json_response(self.finish_status, {"detail": "Not Found"
+                                                          if self.finish_status == 404
+                                                          else "Method Not Allowed"})
             return json_response(200, {})
         if path == "create_model":
             model_id = f"{body['session_id']}:train:{body['model_seq_id']}"
@@ -156,6 +169,10 @@ class FakeTinker:
                 "model_name": self.models.get(body["model_id"], "base/model"),
                 "tokenizer_id": "base/tok:1"}})
         if path == "load_weights":
+            if self.older and "model_id" not in body:
+                return json_response(422, {"detail": [{
+                    "loc": ["body", "model_id"], "msg": "field required",
+                    "type": "value_error.missing"}]})
             if "model_seq_id" in body:
                 model_id = f"{body['session_id']}:train:{body['model_seq_id']}"
                 self.models[model_id] = body.get("base_model") or "base/model"
@@ -167,9 +184,10 @@ class FakeTinker:
                 target = datum.loss_fn_inputs["target_tokens"]
                 outputs.append({"logprobs": TensorData.from_numpy(
                     np.full(target.shape, -float(fb.seq_id), dtype=np.float32))})
-            output = ForwardBackwardOutput(
-                loss_fn_outputs=outputs,
-                metrics={"loss:sum": float(len(fb.data)), "seq:max": float(fb.seq_id)})
+            metrics = {"seq:max": float(fb.seq_id)}
+            if not self.older:
+                metrics["loss:sum"] = float(len(fb.data))
+            output = ForwardBackwardOutput(loss_fn_outputs=outputs, metrics=metrics)
             return self._future("proto", encode_forward_backward_output(output))
         if path == "optim_step":
             return self._future("json", {"metrics": {"seq:max": float(body["seq_id"])}})
@@ -202,9 +220,10 @@ class FakeTinker:
                                            tokens_np=np.array([1, 2, 3], dtype=np.int32),
                                            logprobs_np=np.array([-0.5] * 3, dtype=np.float32))
                            for _ in range(n)],
-                prompt_logprobs_np=np.array([np.nan] + [-1.0] * (prompt_len - 1),
-                                            dtype=np.float32)
+                prompt_logprobs_np=self._prompt_logprobs(prompt_len, body)
                 if body.get("prompt_logprobs") else None)
+            if self.older:
+                return self._future("proto", encode_sample_response(response))
             return self._future("proto", encode_sample_response(response),
                                 sample_sequence_ids=ids)
         if path == "retrieve_future":
@@ -225,6 +244,13 @@ class FakeTinker:
         if path == "healthz":
             return json_response(200, {"status": "ok"})
         return self.answer_rest(call)
+
+    def _prompt_logprobs(self, prompt_len: int, body: dict[str, Any]) -> np.ndarray:
+        values = np.array([np.nan] + [-1.0] * (prompt_len - 1), dtype=np.float32)
+        last_n = body.get("prompt_logprobs_last_n")
+        if last_n and not self.older:  # older servers ignore the field
+            values[: max(prompt_len - last_n, 0)] = np.nan
+        return values
 
     def answer_rest(self, call: Call) -> httpx.Response:
         path = call.path

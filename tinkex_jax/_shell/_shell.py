@@ -22,6 +22,7 @@ import httpx
 from ..builders import SessionCounters, next_model_seq_id, next_sampling_session_seq_id
 from ..errors import (
     APIResponseValidationError,
+    APIStatusError,
     ClientPoisonedError,
     NotFoundError,
     TinkerError,
@@ -59,6 +60,8 @@ FinishStatus = Literal["success", "errored", "interrupted"]
 logger = logging.getLogger("tinkex_jax.session")
 
 _CLOSE_TELEMETRY_BUDGET = 3.0
+#: Answers to ``sessions/{id}/finish`` that mean "nothing to finish" (PROTOCOL.md §12).
+_FINISH_ABSENT = frozenset({404, 405, 410})
 _NOT_REPORTED = (ValidationError, ClientPoisonedError, asyncio.CancelledError)
 
 
@@ -416,7 +419,9 @@ class Shell:
     async def close_async(self, status: FinishStatus = "success",
                           detail: str | None = None) -> None:
         """Finish the session, stop the background loops, flush telemetry (bounded), close
-        the connections. A failed ``finish`` is raised after everything else is done."""
+        the connections. A failed ``finish`` is raised after everything else is done, except
+        404 / 405 (a server without the endpoint) and 410 (already finished), which count as
+        finished."""
         self._closing = True
         error: BaseException | None = None
         if self.session_id is not None and not self.joined:
@@ -424,6 +429,14 @@ class Shell:
                 await self.call("session_finish", SessionFinishRequest(
                     reason=FinishReason(type=status), detail=detail), None,
                     path_params={"session_id": self.session_id})
+            except APIStatusError as exc:
+                if exc.status_code in _FINISH_ABSENT:
+                    # servers built for older SDKs have no finish endpoint (404 / 405), and
+                    # 410 means the session is finished already: nothing left to do
+                    logger.debug("session %s: finish answered HTTP %d; treated as finished",
+                                 self.session_id, exc.status_code)
+                else:
+                    error = exc
             except Exception as exc:
                 error = exc
             if self._session_started_at is not None:

@@ -118,6 +118,22 @@ def _sample_retryable(error: BaseException) -> bool:
     return is_retryable_error(error)
 
 
+def _with_sequence_ids(response: SampleResponse, ids: list[str] | None) -> SampleResponse:
+    """The response with one ``sequence_id`` per sequence, or None on every sequence when the
+    asample future did not carry exactly one id per sequence (servers built for older SDKs
+    give none; PROTOCOL.md §12)."""
+    if ids is not None and len(ids) == len(response.sequences):
+        return response
+    if ids is None:
+        logger.debug("asample: the server gave no sample_sequence_ids (built for older SDKs); "
+                     "the %d sequences have sequence_id=None", len(response.sequences))
+    else:
+        logger.debug("asample: the server gave %d sample_sequence_ids for %d sequences; "
+                     "ignoring them (sequence_id=None)", len(ids), len(response.sequences))
+    return msgspec.structs.replace(response, sequences=[
+        msgspec.structs.replace(seq, sequence_id=None) for seq in response.sequences])
+
+
 def _nan_before(values: np.ndarray, last_n: int) -> bool:
     head = values[: max(len(values) - last_n, 0)]
     return bool(np.any(~np.isnan(head[1:]))) if head.size > 1 else False
@@ -265,7 +281,8 @@ class SamplingClient:
             prompt_logprobs_last_n: Only compute prompt logprobs for the last n positions.
 
         Returns:
-            A Future of the `SampleResponse`; its sequences carry ``sequence_id``.
+            A Future of the `SampleResponse`; its sequences carry ``sequence_id`` (None
+            when the server gives no ids, as servers built for older SDKs do).
 
         Raises:
             ValidationError: bad arguments (raised here, before anything is sent).
@@ -403,13 +420,7 @@ class SamplingClient:
             lambda: self._post_sample(request), runtime=shell.runtime, billing=shell.billing,
             what="POST /api/v1/asample")
         ids = future.sample_sequence_ids
-        if ids is None or len(ids) != request.num_samples:
-            raise APIResponseValidationError(
-                "SamplingClient.sample: POST /api/v1/asample answered without "
-                f"{request.num_samples} sample_sequence_ids (got {ids!r}). The server does not "
-                "follow the Tinker protocol 0.38 (asample futures must carry one id per "
-                "sample).", method="POST", url=shell.http.url("asample"), body=to_builtins(future))
-        sequence_ids = list(ids)
+        sequence_ids = list(ids) if ids is not None else []
         try:
             response = await shell.poll(
                 future, "Sample",
@@ -421,6 +432,7 @@ class SamplingClient:
                 shell.spawn(shell.call("cancel_future",
                                        CancelFutureRequest(request_id=future.request_id), None))
             raise
+        response = _with_sequence_ids(response, ids)
         if request.prompt_alt_tokens_k > 0 and response.prompt_alt_tokens is None:
             raise APIResponseValidationError(
                 "SamplingClient.sample: prompt_alt_tokens_k > 0 but the server returned no "
@@ -428,9 +440,13 @@ class SamplingClient:
         last_n = request.prompt_logprobs_last_n
         if last_n is not None and response.prompt_logprobs_np is not None and _nan_before(
                 np.asarray(response.prompt_logprobs_np, dtype=np.float64), last_n):
-            raise APIResponseValidationError(
-                f"SamplingClient.sample: prompt_logprobs_last_n={last_n} but the server returned "
-                "logprobs before the last n positions.")
+            # a server built for older SDKs ignores prompt_logprobs_last_n and scores the
+            # whole prompt: keep what was asked for (the answer a newer server gives)
+            logger.debug("asample: the server ignored prompt_logprobs_last_n=%d; dropping the "
+                         "logprobs before the last %d positions", last_n, last_n)
+            values = np.array(response.prompt_logprobs_np, dtype=np.float32)
+            values[: max(len(values) - last_n, 0)] = np.nan
+            response = msgspec.structs.replace(response, prompt_logprobs_np=values)
         return response
 
     # ------------------------------------------------------------------ pickling

@@ -6,6 +6,7 @@ fetches the client config, creates the session and starts heartbeats (PROTOCOL.m
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -20,8 +21,8 @@ from .._shell._background import Telemetry
 from .._shell._errors import redact
 from .._shell._runtime import REAL_RUNTIME
 from .._shell._shell import FinishStatus
-from ..builders import training_model_id
-from ..errors import TinkerError
+from ..builders import seq_id_of, training_model_id
+from ..errors import BadRequestError, TinkerError, UnprocessableEntityError
 from ..types import (
     AdamOptimizerConfig,
     CopyWeightsRequest,
@@ -34,6 +35,8 @@ from ..types import (
     LoadWeightsResponse,
     LoraConfig,
     OptimizerConfig,
+    WeightsInfoRequest,
+    WeightsInfoResponse,
 )
 from ._client_future import ClientFuture
 from ._rest import RestClient, copy_weights
@@ -215,13 +218,63 @@ class ServiceClient:
         async def run() -> TrainingClient:
             shell = self._shell
             session_id = await shell.ensure_session()
-            future, roundtrip = await shell.submit_request("load_weights", build(session_id, seq))
+            if shell.require_client_config().create_model_via_load_weights is False:
+                logger.debug("%s: the server cannot create a model by loading (client config "
+                             "create_model_via_load_weights=false); using create_model + "
+                             "load_weights", sdk_method)
+                return await self._from_state_legacy(
+                    path, seq, optimizer=optimizer, base_model=base_model,
+                    user_metadata=user_metadata, weights_access_token=weights_access_token,
+                    optimizer_config=optimizer_config)
+            try:
+                future, roundtrip = await shell.submit_request("load_weights",
+                                                               build(session_id, seq))
+            except (BadRequestError, UnprocessableEntityError) as error:
+                if "model_id" not in json.dumps(error.body, default=str):
+                    raise
+                logger.debug("%s: the server wants load_weights with a model_id (built for "
+                             "older SDKs); using create_model + load_weights", sdk_method)
+                return await self._from_state_legacy(
+                    path, seq, optimizer=optimizer, base_model=base_model,
+                    user_metadata=user_metadata, weights_access_token=weights_access_token,
+                    optimizer_config=optimizer_config)
             await shell.poll(future, "LoadWeights", json_type=LoadWeightsResponse,
                              roundtrip=roundtrip)
             return await self._training_client(training_model_id(session_id, seq), seq)
 
         return self._shell.submit(run, sdk_method=sdk_method,  # type: ignore[return-value]
                                   future_cls=ClientFuture)
+
+    async def _from_state_legacy(self, path: str, seq: int, *, optimizer: bool,
+                                 base_model: str | None, user_metadata: dict[str, str] | None,
+                                 weights_access_token: str | None,
+                                 optimizer_config: OptimizerConfig | None) -> TrainingClient:
+        """The older servers' flow (PROTOCOL.md §12): ``weights_info`` for the checkpoint's
+        model and LoRA shape, ``create_model``, then the model's first request, a
+        ``load_weights`` by ``model_id``."""
+        shell = self._shell
+        info = await shell.call("weights_info", WeightsInfoRequest(tinker_path=path),
+                                WeightsInfoResponse)
+        lora = LoraConfig(rank=info.lora_rank or 32,
+                          train_mlp=True if info.train_mlp is None else info.train_mlp,
+                          train_attn=True if info.train_attn is None else info.train_attn,
+                          train_unembed=True if info.train_unembed is None
+                          else info.train_unembed)
+        session_id = await shell.ensure_session()
+        request = CreateModelRequest(session_id=session_id, model_seq_id=seq,
+                                     base_model=base_model or info.base_model, lora_config=lora,
+                                     user_metadata=user_metadata,
+                                     optimizer_config=optimizer_config or info.optimizer_config)
+        future, roundtrip = await shell.submit_request("create_model", request)
+        created = await shell.poll(future, "CreateModel", json_type=CreateModelResponse,
+                                   roundtrip=roundtrip)
+        client = await self._training_client(created.model_id, seq)
+        ids = client._reserve_request_ids(1)
+        load = LoadWeightsRequest(model_id=created.model_id, seq_id=seq_id_of(ids[0]),
+                                  path=path, optimizer=optimizer,
+                                  weights_access_token=weights_access_token)
+        await client._send_one(ids[0], "load_weights", load, "LoadWeights", LoadWeightsResponse)
+        return client
 
     def create_training_client_from_state(
         self, path: str, base_model: str | None = None,
@@ -303,7 +356,8 @@ class ServiceClient:
 
         Sends ``sessions/{id}/finish`` (when a session exists), stops heartbeats, flushes
         telemetry (at most a few seconds) and closes the connections. The returned Future
-        fails if the server rejected the finish (e.g. 404 on a server without it).
+        fails if the server rejected the finish; a server without the endpoint (404 / 405,
+        built for older SDKs) or a session finished already (410) counts as finished.
         """
         if status not in ("success", "errored", "interrupted"):
             raise TinkerError(f"close(status): expected 'success', 'errored' or 'interrupted', "

@@ -70,6 +70,9 @@ class ClientConfigResponse(WireStruct, frozen=True, kw_only=True):
     sample_use_retrieve_futures: bool = False
     custom_loss_server_side: bool = False
     sample_join_sampling_session: bool = False
+    #: Sent by servers built for older SDKs only: False means they cannot create a model
+    #: from a checkpoint in one load_weights (the SDK then uses create_model + load_weights).
+    create_model_via_load_weights: bool | None = None
 
 
 class ClientDynamicConfigResponse(WireStruct, frozen=True, kw_only=True):
@@ -305,14 +308,16 @@ class SampledSequence(WireStruct, frozen=True, kw_only=True, eq=False):
     """One sampled continuation.
 
     ``tokens_np`` / ``logprobs_np`` are the numpy arrays as decoded (no conversion);
-    ``tokens`` / ``logprobs`` are Python lists.
+    ``tokens`` / ``logprobs`` are Python lists. ``sequence_id`` names the sequence in later
+    requests (provenance spans for ``stable_reinforce``); it is None when the server did not
+    give one (servers built for older SDKs), and such a sequence cannot be referenced.
     """
 
     stop_reason: StopReason
     tokens_np: Any  # np.ndarray int32 [n]
     logprobs_np: Any = None  # np.ndarray float32 [n] | None
     topk_logprobs_np: TopkLogprobs | None = None
-    sequence_id: str = ""
+    sequence_id: str | None = None
 
     @property
     def tokens(self) -> list[int]:

@@ -11,7 +11,7 @@ from fake_tinker import TEST_KEY, FakeTinker, json_response, make_service
 
 import tinkex_jax as tinker
 from tinkex_jax._shell import FakeTime
-from tinkex_jax.errors import NotFoundError
+from tinkex_jax.errors import NotFoundError, PermissionDeniedError
 
 
 def test_construction_does_no_network_io():
@@ -96,12 +96,12 @@ class _nullcontext:
         return False
 
 
-def test_finish_404_makes_close_fail_but_still_stops():
+def test_a_rejected_finish_makes_close_fail_but_still_stops():
     fake = FakeTinker()
-    fake.inject("sessions/sess-1/finish", json_response(404, {"detail": "no finish"}))
+    fake.inject("sessions/sess-1/finish", json_response(403, {"detail": "not yours"}))
     service = make_service(fake)
     service.create_sampling_client(base_model="base/model").result(timeout=5)
-    with pytest.raises(NotFoundError):
+    with pytest.raises(PermissionDeniedError):
         service.close().result(timeout=5)
     with pytest.raises(tinker.TinkerError, match="closed"):
         service.create_sampling_client(base_model="base/model")
