@@ -10,7 +10,9 @@ same handler on a real 127.0.0.1 socket for tests that need a second process.
 (PROTOCOL.md §12): asample futures without ``sample_sequence_ids``, forward_backward metrics
 without ``loss:sum``, no ``sessions/{id}/finish`` endpoint (``finish_status``: 404 or 405),
 ``load_weights`` only in the legacy form (a 422 naming ``model_id`` otherwise), and prompt
-logprobs for the whole prompt whatever ``prompt_logprobs_last_n`` says.
+logprobs for the whole prompt whatever ``prompt_logprobs_last_n`` says. ``json_results=True``
+answers forward / forward_backward / sample results as JSON, as servers built for SDKs before
+0.25 do.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tinkex_jax.wire import (
     decode_forward_backward_request,
     encode_forward_backward_output,
     encode_sample_response,
+    to_builtins,
     zstd_decompress,
 )
 
@@ -62,9 +65,10 @@ class FakeTinker:
 
     def __init__(self, *, client_config: dict[str, Any] | None = None,
                  dynamic_config: dict[str, Any] | None = None, session_id: str = "sess-1",
-                 pending_polls: int = 0, older: bool = False, finish_status: int = 404
-                 ) -> None:
+                 pending_polls: int = 0, older: bool = False, finish_status: int = 404,
+                 json_results: bool = False) -> None:
         self.older = older
+        self.json_results = json_results
         self.finish_status = finish_status
         self.client_config = client_config if client_config is not None else {}
         self.dynamic_config = dynamic_config  # None: answer 404
@@ -188,6 +192,8 @@ class FakeTinker:
             if not self.older:
                 metrics["loss:sum"] = float(len(fb.data))
             output = ForwardBackwardOutput(loss_fn_outputs=outputs, metrics=metrics)
+            if self.json_results:
+                return self._future("json", to_builtins(output))
             return self._future("proto", encode_forward_backward_output(output))
         if path == "optim_step":
             return self._future("json", {"metrics": {"seq:max": float(body["seq_id"])}})
@@ -222,6 +228,12 @@ class FakeTinker:
                            for _ in range(n)],
                 prompt_logprobs_np=self._prompt_logprobs(prompt_len, body)
                 if body.get("prompt_logprobs") else None)
+            extra = {} if self.older else {"sample_sequence_ids": ids}
+            if self.json_results:
+                return self._future("json", {
+                    "sequences": [{"stop_reason": s.stop_reason, "tokens": s.tokens,
+                                   "logprobs": s.logprobs} for s in response.sequences],
+                    "prompt_logprobs": response.prompt_logprobs, "type": "sample"}, **extra)
             if self.older:
                 return self._future("proto", encode_sample_response(response))
             return self._future("proto", encode_sample_response(response),

@@ -3,6 +3,7 @@
 | answer | reaction |
 |---|---|
 | 200 protobuf | decode (ForwardBackward / Forward / Sample only) |
+| 200 JSON result of those three | decode as JSON (servers built for SDKs before 0.25) |
 | 200 ``{"type": "try_again", …}`` / 408 | re-poll at once; queue state to the observer |
 | 200 ``{"status": "complete_metadata", …}`` | reserve the payload size, re-poll with ``allow_metadata_only=false`` |
 | 200 ``{"error", "category"}`` | `RequestFailedError` |
@@ -29,6 +30,7 @@ from ..wire import decode_json
 from ._constants import PROTO_REQUEST_TYPES
 from ._errors import request_failed_error, status_error
 from ._http import SDK_METHOD, HttpCore
+from ._legacy_json import decode_legacy_result, is_legacy_result
 from ._limits import BytesBudget
 from ._retry import BillingPause, poll_backoff
 from ._runtime import Runtime
@@ -184,6 +186,11 @@ async def retrieve_future(
                             size if isinstance(size, int) else 0)
                         allow_metadata_only = False
                         continue
+                if is_proto and is_legacy_result(request_type, payload):
+                    logger.debug("retrieve_future answered %s request %s with JSON, as servers "
+                                 "built for SDKs before 0.25 do; reading it as JSON",
+                                 request_type, request_id)
+                    return decode_legacy_result(request_type, response.content)
                 if is_proto or json_type is None:
                     raise APIResponseValidationError(
                         f"retrieve_future answered {request_type} request {request_id} with a "

@@ -123,7 +123,11 @@ def _with_sequence_ids(response: SampleResponse, ids: list[str] | None) -> Sampl
     asample future did not carry exactly one id per sequence (servers built for older SDKs
     give none; PROTOCOL.md §12)."""
     if ids is not None and len(ids) == len(response.sequences):
-        return response
+        if all(seq.sequence_id == i for seq, i in zip(response.sequences, ids)):
+            return response
+        return msgspec.structs.replace(response, sequences=[  # a JSON result: stamp them
+            msgspec.structs.replace(seq, sequence_id=i)
+            for seq, i in zip(response.sequences, ids)])
     if ids is None:
         logger.debug("asample: the server gave no sample_sequence_ids (built for older SDKs); "
                      "the %d sequences have sequence_id=None", len(response.sequences))

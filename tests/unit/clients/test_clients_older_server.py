@@ -191,3 +191,39 @@ def test_a_newer_server_answers_the_same_without_any_fallback(caplog):
     assert len(fake.calls_to("load_weights")) == 1 and "create_model" not in fake.paths()
     assert "older SDKs" not in caplog.text and "treated as finished" not in caplog.text
     assert "ignored prompt_logprobs_last_n" not in caplog.text
+
+
+# ----------------------------------------------------------------------------- JSON results
+
+
+@pytest.mark.parametrize("older", [False, True])
+def test_json_results_of_protobuf_kinds_are_read(older, caplog):
+    fake = FakeTinker(json_results=True, older=older)
+    with caplog.at_level(logging.DEBUG, logger="tinkex_jax.futures"), \
+            make_service(fake) as service:
+        tc = service.create_lora_training_client("base/model").result(timeout=5)
+        out = tc.forward_backward(_data(2), "cross_entropy").result(timeout=5)
+        sampler = service.create_sampling_client(base_model="base/model").result(timeout=5)
+        sampled = sampler.sample(PROMPT, 2, PARAMS, include_prompt_logprobs=True).result(
+            timeout=5)
+    assert [o["logprobs"].tolist() for o in out.loss_fn_outputs] == [[-1.0] * 3] * 2
+    assert ("loss:sum" in out.metrics) is not older
+    assert [s.tokens for s in sampled.sequences] == [[1, 2, 3]] * 2
+    assert [s.logprobs for s in sampled.sequences] == [[-0.5] * 3] * 2
+    assert sampled.prompt_logprobs == [None, -1.0, -1.0, -1.0]
+    expected_ids = [None, None] if older else ["seq-0", "seq-1"]
+    assert [s.sequence_id for s in sampled.sequences] == expected_ids
+    assert "reading it as JSON" in caplog.text
+
+
+def test_json_that_is_not_a_result_is_still_an_error():
+    from tinkex_jax._shell._legacy_json import decode_legacy_result, is_legacy_result
+
+    assert not is_legacy_result("Sample", {"metrics": {}})
+    assert not is_legacy_result("ForwardBackward", {"sequences": []})
+    assert not is_legacy_result("OptimStep", {"loss_fn_outputs": []})
+    with pytest.raises(tinker.APIResponseValidationError, match="SampleResponse"):
+        decode_legacy_result("Sample", b'{"sequences": [{"tokens": "nope"}]}')
+    topk = decode_legacy_result("Sample", b'{"sequences": [], "topk_prompt_logprobs": '
+                                          b'[null, [[3, -0.5], [4, -2.0]], [[5, -0.25]]]}')
+    assert topk.topk_prompt_logprobs == [None, [(3, -0.5), (4, -2.0)], [(5, -0.25)]]
