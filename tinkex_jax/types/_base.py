@@ -30,7 +30,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import msgspec
@@ -201,24 +201,20 @@ def freeze_value(value: Any) -> Any:
     return value
 
 
-def freeze(obj: msgspec.Struct, *, skip: Iterable[str] = ()) -> None:
+def freeze(obj: msgspec.Struct) -> None:
     """Replace every container field of `obj` by its immutable form (in place, once)."""
-    skipped = set(skip)
     for name in obj.__struct_fields__:
-        if name in skipped:
-            continue
         value = getattr(obj, name)
         frozen = freeze_value(value)
         if frozen is not value:
             msgspec.structs.force_setattr(obj, name, frozen)
 
 
-def _frozen_after(post_init: Callable[[Any], None] | None, skip: tuple[str, ...]
-                  ) -> Callable[[Any], None]:
+def _frozen_after(post_init: Callable[[Any], None] | None) -> Callable[[Any], None]:
     def __post_init__(self: Any) -> None:
         if post_init is not None:
             post_init(self)
-        freeze(self, skip=skip)
+        freeze(self)
 
     if post_init is not None:
         __post_init__.__doc__ = post_init.__doc__
@@ -228,15 +224,19 @@ def _frozen_after(post_init: Callable[[Any], None] | None, skip: tuple[str, ...]
 
 class WireStructMeta(msgspec.StructMeta):
     """Gives every wire struct value semantics: the class's own ``__post_init__`` (if any)
-    runs first, then `freeze`. Fields named in the class attribute ``__mutable_fields__`` are
-    left as the class's ``__post_init__`` made them."""
+    runs first, then `freeze`. A class whose ``__post_init__`` already
+    leaves every field immutable (the hot types: tensors, chunks, datums) says so with
+    ``__freezes_itself__ = True`` and skips the generic pass (the value-semantics property
+    tests check every public struct either way)."""
 
     def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any],
                 **kwargs: Any) -> WireStructMeta:
         own = namespace.get("__post_init__")
-        if own is not None or not any(isinstance(b, WireStructMeta) for b in bases):
-            skip = tuple(namespace.get("__mutable_fields__", ()))
-            namespace["__post_init__"] = _frozen_after(own, skip)
+        if namespace.get("__freezes_itself__", False):
+            if own is None:
+                raise TypeError(f"{name}: __freezes_itself__ needs a __post_init__ that does it")
+        elif own is not None or not any(isinstance(b, WireStructMeta) for b in bases):
+            namespace["__post_init__"] = _frozen_after(own)
         return super().__new__(mcls, name, bases, namespace, **kwargs)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +10,7 @@ import msgspec
 import numpy as np
 
 from ..errors import invalid
-from ._base import WireStruct, force_set, is_array_like
+from ._base import FrozenList, WireStruct, force_set, is_array_like
 from ._model_input import ModelInput
 from ._tensor import TensorData, TensorDtype, _is_torch_tensor
 
@@ -53,6 +52,13 @@ def as_tensor_data(key: str, value: Any) -> TensorData:
         >>> as_tensor_data("target_tokens", [3.0, 4.0]).tolist()
         [3, 4]
     """
+    if type(value) is TensorData:  # the hot paths first: an already built tensor, an array
+        wanted = KEY_DTYPES.get(key)
+        if wanted is None or value.dtype == wanted:
+            return value
+    elif type(value) is np.ndarray and value.dtype.kind in "iuf":
+        wanted = KEY_DTYPES.get(key) or ("float32" if value.dtype.kind == "f" else "int64")
+        return TensorData(data=value, dtype=wanted, shape=value.shape)
     where = f"loss_fn_inputs[{key!r}]"
     if _is_torch_tensor(value):
         # as the official SDK does: 2-D targets / weights travel as CSR when that is smaller
@@ -114,7 +120,7 @@ class LossFnInputs(dict[str, TensorData]):
         super().__init__()
         if values is None:
             return
-        if not isinstance(values, Mapping):
+        if not isinstance(values, dict | Mapping):
             raise invalid("Datum.loss_fn_inputs", "a mapping of name -> tensor",
                           f"<{type(values).__name__}>")
         for key, value in values.items():
@@ -199,13 +205,13 @@ else:  # what msgspec decodes
     _Spans = tuple[ProvenanceSpan, ...]
 
 
-def _spans_tuple(spans: Any, where: str) -> tuple[ProvenanceSpan, ...] | None:
+def _spans_tuple(spans: Any, where: str) -> FrozenList | None:
     if spans is None:
         return None
     if isinstance(spans, str | bytes | Mapping) or not isinstance(spans, Iterable):
         raise invalid(where, "a list of PromptProvenanceSpan / SampledProvenanceSpan",
                       f"<{type(spans).__name__}>")
-    out = tuple(spans)
+    out = FrozenList(spans)
     for i, span in enumerate(out):
         if not isinstance(span, PromptProvenanceSpan | SampledProvenanceSpan):
             raise invalid(f"{where}[{i}]", "a PromptProvenanceSpan or SampledProvenanceSpan",
@@ -263,7 +269,7 @@ class Datum(WireStruct, frozen=True, kw_only=True):
         'float32'
     """
 
-    __mutable_fields__ = ("loss_fn_inputs",)
+    __freezes_itself__ = True  # spans: FrozenLists; loss_fn_inputs: a LossFnInputs (see there)
 
     model_input: ModelInput
     loss_fn_inputs: _LossInputs = msgspec.field(default_factory=dict)  # type: ignore[assignment]
@@ -281,6 +287,8 @@ class Datum(WireStruct, frozen=True, kw_only=True):
             raise invalid("Datum.model_input", "a ModelInput", f"<{type(self.model_input).__name__}>",
                           "wrap token ids with ModelInput.from_ints(tokens)")
         force_set(self, "loss_fn_inputs", LossFnInputs(self.loss_fn_inputs))
+        if self.model_input_spans is None and self.loss_fn_input_spans is None:
+            return
         force_set(self, "model_input_spans",
                   _spans_tuple(self.model_input_spans, "Datum.model_input_spans"))
         force_set(self, "loss_fn_input_spans",

@@ -31,16 +31,19 @@ ImageFormat = Literal["png", "jpeg"]
 
 def _token_array(tokens: Any, where: str) -> np.ndarray:
     """Validate an array of token ids; the caller's array is never kept (see readonly_array)."""
-    if type(tokens).__module__.startswith("torch"):
+    if type(tokens) is not np.ndarray and type(tokens).__module__.startswith("torch"):
         tokens = tokens.detach().cpu().numpy()
     arr = np.asarray(tokens)
     if arr.ndim != 1 or (arr.dtype.kind not in "iu" and arr.size):
         raise invalid(where, "a 1-D integer array of token ids",
                       f"<array of shape {arr.shape} and dtype {arr.dtype}>",
                       "pass a flat list or array of ints")
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > _INT32_MAX):
+    if not arr.size:
+        return readonly_array(arr.astype(np.int64))
+    # one pass: seen as unsigned, a negative id is larger than any valid one
+    if int(arr.view(f"u{arr.dtype.itemsize}").max()) > _INT32_MAX:
         raise invalid(where, "token ids in [0, 2**31)", f"<ids from {arr.min()} to {arr.max()}>")
-    return readonly_array(arr if arr.size else arr.astype(np.int64))
+    return readonly_array(arr)
 
 
 def _token_tuple(tokens: Any, where: str) -> FrozenList:
@@ -64,7 +67,7 @@ def _token_tuple(tokens: Any, where: str) -> FrozenList:
 def _normalise_tokens(tokens: Any, where: str) -> FrozenList | np.ndarray:
     """Token ids as the chunk keeps them: a FrozenList (an immutable list) for sequences, a
     read-only array for arrays (copied unless read-only all the way down)."""
-    if is_array_like(tokens):
+    if type(tokens) is np.ndarray or is_array_like(tokens):
         return _token_array(tokens, where)
     if isinstance(tokens, str | bytes) or not isinstance(tokens, Iterable):
         raise invalid(where, "a sequence or 1-D array of token ids", f"<{type(tokens).__name__}>",
@@ -88,6 +91,8 @@ class EncodedTextChunk(WireStruct, frozen=True, kw_only=True, tag="encoded_text"
         >>> chunk.length, chunk.tokens
         (3, (1, 2, 3))
     """
+
+    __freezes_itself__ = True  # tokens: a FrozenList or a read-only array
 
     tokens: _Tokens
 
@@ -177,6 +182,8 @@ class ModelInput(WireStruct, frozen=True, kw_only=True):
         >>> mi.append_int(8).to_ints()
         [5, 6, 7, 8]
     """
+
+    __freezes_itself__ = True  # chunks: a FrozenList of (immutable) chunk structs
 
     chunks: tuple[ModelInputChunk, ...] = ()
 

@@ -172,6 +172,8 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False, metaclass=_Ten
         ([0.5, 1.0], 1.5, [0.5, 1.0])
     """
 
+    __freezes_itself__ = True  # values and indices: read-only arrays; shape: a tuple of ints
+
     values: _DataField = msgspec.field(default=None, name="data")  # type: ignore[arg-type]
     dtype: TensorDtype | None = None
     shape: _ShapeField = None  # type: ignore[assignment]
@@ -187,6 +189,10 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False, metaclass=_Ten
 
     def __post_init__(self) -> None:
         raw = self.values
+        if (type(raw) is np.ndarray and self.dtype in _NUMPY_DTYPES and raw.dtype.kind in "iuf"
+                and self.sparse_crow_indices is None and self.sparse_col_indices is None):
+            self._adopt_dense(raw)  # the hot path: a dense numeric array with its dtype
+            return
         if _is_torch_tensor(raw):
             raw = _torch_to_numpy(raw)
         shape_given = self.shape
@@ -227,6 +233,27 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False, metaclass=_Ten
                 list(shape),
                 "fix the shape or pass the full flattened data",
             )
+
+    def _adopt_dense(self, raw: np.ndarray) -> None:
+        """Take a dense numeric array: one copy (none when it is read-only all the way down
+        and already flat, contiguous and of the wire dtype), checked against the shape."""
+        np_dtype = _NUMPY_DTYPES[self.dtype]  # type: ignore[index]
+        if raw.dtype != np_dtype:
+            flat = _as_flat(raw, np_dtype, "TensorData.data")
+        elif raw.flags.writeable:  # the caller's array: one C-order copy, kept read-only
+            owned = np.array(raw, order="C")
+            owned.flags.writeable = False
+            flat = owned.reshape(-1)
+        else:
+            flat = readonly_array(np.ascontiguousarray(raw).reshape(-1))
+        shape = raw.shape if self.shape is None else tuple(int(d) for d in self.shape)
+        if math.prod(shape) != flat.size or any(d < 0 for d in shape):
+            raise invalid("TensorData.shape",
+                          f"non-negative dimensions whose product is the number of values "
+                          f"({flat.size})", list(shape),
+                          "fix the shape or pass the full flattened data")
+        force_set(self, "values", flat)
+        force_set(self, "shape", shape)
 
     def _normalise_sparse(self, shape: tuple[int, ...], nnz: int) -> None:
         if self.sparse_crow_indices is None or self.sparse_col_indices is None:
