@@ -73,7 +73,7 @@ def _validate_forward_input(data: Sequence[Datum], loss_fn: str,
         raise invalid("loss_fn", f"one of {list(_WIRE_LOSSES)}", loss_fn,
                       "use forward_backward_custom for your own loss")
     validate_training_data(data, loss_fn if loss_fn in LOSS_SPECS else None, loss_fn_config)
-    return list(data)
+    return [datum.snapshot() for datum in data]  # later in-place edits cannot reach the request
 
 
 def _optim_fields(optim_params: AdamParams | DimuonParams | None,
@@ -336,25 +336,32 @@ class TrainingClient:
         datum_extras: Sequence[Mapping[str, Any]] | None = None,
         policy: Any = None,
         loss_type_input: Literal["logprobs"] | None = None,
+        loss_signature: Literal["jax", "torch"] | None = None,
     ) -> Future[ForwardBackwardOutput]:
-        """Train with your own jit-compiled JAX loss of the per-token logprobs.
+        """Train with your own loss of the per-token logprobs: a jit-compiled JAX function,
+        or an official-SDK torch function.
 
-        A forward pass gives the logprobs, ``jax.value_and_grad`` of ``loss_fn`` (plus the
-        weighted `regularizers`) runs once, compiled per length bucket, and a
-        ``cross_entropy`` forward_backward with ``weights = -grad`` applies it (PROTOCOL.md
-        §8.1). Both phases' request ids are reserved now, so calls submitted after this one
-        wait behind it; a failure in the chain poisons this client.
+        A forward pass gives the logprobs, the loss and its gradient with respect to them are
+        computed here (``jax.value_and_grad`` compiled per length bucket, with the weighted
+        `regularizers`; or ``loss.backward()`` for a torch loss), and a ``cross_entropy``
+        forward_backward with ``weights = -grad`` applies it (PROTOCOL.md §8.1). Both phases'
+        request ids are reserved now, so calls submitted after this one wait behind it; a
+        failure in the chain poisons this client.
 
         Args:
             data: the datums; every ``loss_fn_inputs`` key reaches the loss.
-            loss_fn: ``(logprobs [B, T], batch: losses.LossBatch) -> (scalar, metrics)`` or a
-                ``tinkex_jax.custom_loss.CustomLoss``.
+            loss_fn: ``(logprobs [B, T], batch: losses.LossBatch) -> (scalar, metrics)``, a
+                ``tinkex_jax.custom_loss.CustomLoss``, or the official SDK's
+                ``(data: list[Datum], logprobs_list: list[torch.Tensor]) -> (loss, metrics)``
+                (needs PyTorch; told apart by its signature, see docs/custom-losses.md).
             regularizers: ``(name, term, weight)`` terms from ``regularizers``; their value,
                 contribution and gradient norm come back as ``reg/<name>/...`` metrics.
             extras: batch-level side arrays (``batch.extras``), e.g. DPO pair indices.
             datum_extras: per-datum side arrays, padded into ``batch.extras``.
             policy: a ``losses.BucketPolicy`` (the padded shapes, hence the compiles).
             loss_type_input: accepted for compatibility; only ``"logprobs"`` exists.
+            loss_signature: ``"jax"`` or ``"torch"`` to say which kind `loss_fn` is; None
+                infers it from its parameter names and annotations.
 
         Returns:
             A Future of the `ForwardBackwardOutput`: ``metrics["loss:sum"]`` is the custom
@@ -375,7 +382,8 @@ class TrainingClient:
         from ..custom_loss import forward_backward_custom
 
         return forward_backward_custom(self, data, loss_fn, regularizers=regularizers,
-                                       extras=extras, datum_extras=datum_extras, policy=policy)
+                                       extras=extras, datum_extras=datum_extras, policy=policy,
+                                       loss_signature=loss_signature)
 
     def optim_step(self, optim_params: AdamParams | DimuonParams | None = None, *,
                    adam_params: AdamParams | None = None) -> Future[OptimStepResponse]:
