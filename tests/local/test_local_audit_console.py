@@ -81,7 +81,8 @@ def test_the_audit_log_lists_what_the_key_did(world: World) -> None:
     assert by_event["training_run_create"].event_details["training_run_id"] == (
         world.training.model_id)
     creates = [e for e in entries if e.event == "checkpoint_create"]
-    assert [e.tinker_path for e in creates] == [world.kept]  # the deleted one is gone
+    created = [e.tinker_path for e in creates]
+    assert world.kept in created and world.deleted not in created  # the deleted one is gone
     delete = by_event["checkpoint_delete"]
     assert (delete.tinker_path, delete.model_id) == (world.deleted, world.training.model_id)
     assert delete.event_details["tinker_path"] == world.deleted
@@ -170,6 +171,25 @@ def test_console_urls_point_at_pages_of_this_server(world: World) -> None:
         missing = http.get(f"{base}/console/training_runs/no-such-run")
         assert missing.status_code == 404 and "no-such-run" in missing.text
     fresh.close()
+
+
+def test_save_results_link_to_their_checkpoint_pages(world: World,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    base = world.server.base_url
+    saved = world.training.save_state("linked").result(timeout=60)
+    sampler_saved = world.training.save_weights_for_sampler("linked-s").result(timeout=60)
+    monkeypatch.setenv("TINKER_BASE_URL", base)  # what the no-argument form reads
+    with httpx.Client() as http:
+        for url in (saved.get_console_url(), sampler_saved.get_console_url(base_url=base)):
+            page = http.get(url)
+            assert page.status_code == 200, url
+        assert saved.path in http.get(saved.get_console_url()).text
+        page = http.get(sampler_saved.get_playground_url())
+        assert page.status_code == 200 and sampler_saved.path in page.text
+    monkeypatch.delenv("TINKER_BASE_URL")
+    assert saved.get_console_url().startswith("https://tinker.thinkingmachines.ai/checkpoints/")
+    with pytest.raises(tinkex_jax.ValidationError, match="tinker path"):
+        tinkex_jax.types.SaveWeightsForSamplerResponse(sampling_session_id="s").get_console_url()
 
 
 def test_console_pages_of_a_keyed_server_show_only_how_to_look(tmp_path: Any) -> None:

@@ -185,6 +185,17 @@ class SaveWeightsResponse(WireStruct, frozen=True, kw_only=True):
     path: str
     type: str = "save_weights"
 
+    def get_console_url(self, *, base_url: str | None = None) -> str:
+        """The console page of this checkpoint on the server at `base_url` (default:
+        ``TINKER_BASE_URL``, else the hosted service); see `tinkex_jax.console_urls`.
+
+        Example:
+            >>> SaveWeightsResponse(path="tinker://r1/weights/s1").get_console_url(
+            ...     base_url="http://127.0.0.1:8000")
+            'http://127.0.0.1:8000/console/checkpoints/r1/weights%2Fs1'
+        """
+        return _checkpoint_console_url(self.path, base_url)
+
 
 class SaveWeightsForSamplerResponse(WireStruct, frozen=True, kw_only=True):
     """Result of ``save_weights_for_sampler``: ``path`` (named) or ``sampling_session_id``."""
@@ -192,6 +203,41 @@ class SaveWeightsForSamplerResponse(WireStruct, frozen=True, kw_only=True):
     path: str | None = None
     sampling_session_id: str | None = None
     type: str = "save_weights_for_sampler"
+
+    def get_console_url(self, *, base_url: str | None = None) -> str:
+        """The console page of these sampler weights (see `SaveWeightsResponse`)."""
+        return _checkpoint_console_url(self.path, base_url)
+
+    def get_playground_url(self, *, base_url: str | None = None) -> str:
+        """The console page for trying out these sampler weights (`base_url` as for
+        `get_console_url`).
+
+        Example:
+            >>> SaveWeightsForSamplerResponse(path="tinker://r/sampler_weights/s"
+            ...     ).get_playground_url(base_url="http://h:1")
+            'http://h:1/console/playground?mode=checkpoint&checkpoint=tinker%3A%2F%2Fr%2Fsampler_weights%2Fs'
+        """
+        from ..console_urls import checkpoint_playground_url
+
+        return checkpoint_playground_url(_saved_path(self.path), base_url=base_url)
+
+
+def _saved_path(path: str | None) -> str:
+    if not path:
+        from ..errors import invalid
+
+        raise invalid("get_console_url", "a result with a tinker path", path,
+                      "only named saves (save_weights_for_sampler(name)) have a page")
+    return path
+
+
+def _checkpoint_console_url(path: str | None, base_url: str | None) -> str:
+    from ..console_urls import checkpoint_console_url
+    from ._rest import ParsedCheckpointTinkerPath
+
+    parsed = ParsedCheckpointTinkerPath.from_tinker_path(_saved_path(path))
+    return checkpoint_console_url(parsed.training_run_id, parsed.checkpoint_id,
+                                  base_url=base_url)
 
 
 class SaveWeightsExternalResponse(WireStruct, frozen=True, kw_only=True):
