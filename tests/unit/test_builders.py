@@ -32,7 +32,7 @@ from tinkex_jax.builders import (
     validate_loss_config,
     validate_training_data,
 )
-from tinkex_jax.errors import APIResponseValidationError, ValidationError
+from tinkex_jax.errors import ValidationError
 from tinkex_jax.types import Datum, ForwardBackwardOutput, ModelInput, TensorData
 
 # ----------------------------------------------------------------------------- datum helpers
@@ -155,13 +155,12 @@ def test_merge_metrics_special_cases():
     merged = merge_metrics([{"h:hash2": 2**62, "u:unique": 1.0, "x:sum": 1.0, "z:median": 3.0},
                             {"h:hash2": 2**62, "u:unique": 2.0, "z:median": 3.0}], [1, 1])
     assert "x:sum" not in merged  # not present in every chunk
-    assert "z:median" not in merged  # unknown reduction: dropped
+    assert merged["z:median"] == 3.0  # a reduction this SDK does not know: the first value
     assert merged["u:unique"] == 1.0 and merged["u:unique_1"] == 2.0
     assert merged["h:hash2"] == float(np.array(2**63, dtype=np.uint64).view(np.int64))
-    with pytest.raises(APIResponseValidationError, match="exactly one colon"):
-        merge_metrics([{"loss": 1.0}], [1])
-    with pytest.raises(APIResponseValidationError):
-        merge_metrics([{"a:b:sum": 1.0}], [1])
+    # keys servers should not send are read, not refused: the first chunk's value
+    assert merge_metrics([{"loss": 1.0, "a:b:sum": 2.0}, {"loss": 5.0, "a:b:sum": 3.0}],
+                         [1, 1]) == {"loss": 1.0, "a:b:sum": 2.0}
     with pytest.raises(ZeroDivisionError):
         merge_metrics([{"m:mean": 1.0}], [0])
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import APIResponseValidationError, invalid
+from ..errors import invalid
 from ..types import (
     Datum,
     EncodedTextChunk,
@@ -25,6 +26,8 @@ __all__ = [
     "merge_metrics",
     "split_metric_key",
 ]
+
+logger = logging.getLogger("tinkex_jax.builders")
 
 #: The reductions a metric key may carry (``name:reduction``); others are dropped on merge.
 METRIC_REDUCTIONS = ("sum", "mean", "min", "max", "slack", "hash2", "unique")
@@ -95,13 +98,16 @@ def chunk_data(data: Sequence[Datum], *, max_chunk_len: int = 1024,
     return chunks
 
 
-def split_metric_key(key: str) -> tuple[str, str]:
-    """Split ``"name:reduction"``; raises if the key does not have exactly one colon."""
+def split_metric_key(key: str) -> tuple[str, str] | None:
+    """Split ``"name:reduction"``; None when the key does not have exactly one colon.
+
+    Example:
+        >>> split_metric_key("loss:sum"), split_metric_key("loss")
+        (('loss', 'sum'), None)
+    """
     parts = key.split(":")
     if len(parts) != 2 or not parts[0] or not parts[1]:
-        raise APIResponseValidationError(
-            f"Metric key {key!r} must look like 'name:reduction' with exactly one colon "
-            f"(reductions: {', '.join(METRIC_REDUCTIONS)}); the server sent an invalid key")
+        return None
     return parts[0], parts[1]
 
 
@@ -112,10 +118,11 @@ def merge_metrics(metrics: Sequence[Mapping[str, float]], weights: Sequence[int]
     Only keys present in every chunk survive. ``sum``/``min``/``max`` are plain; ``mean``
     and ``slack`` (max minus weighted mean) are weighted by `weights` (datums per chunk);
     ``hash2`` sums int64 values modulo 2**64; ``unique`` keeps the first value under the key
-    and the others as ``key_1``, ``key_2``, .... Keys with any other reduction are dropped.
+    and the others as ``key_1``, ``key_2``, .... A key the server sent without a known
+    reduction (no colon, several, or a reduction added after this SDK) keeps the first
+    chunk's value: a result the server answered is never refused over a metric name.
 
     Raises:
-        APIResponseValidationError: a key has no or more than one colon.
         ZeroDivisionError: a ``mean`` / ``slack`` metric when every weight is zero.
 
     Example:
@@ -127,16 +134,17 @@ def merge_metrics(metrics: Sequence[Mapping[str, float]], weights: Sequence[int]
         return {}
     if len(weights) != len(metrics):
         raise invalid("merge_metrics(weights)", f"{len(metrics)} weights", len(weights))
-    for m in metrics:
-        for key in m:
-            split_metric_key(key)
     common = [k for k in metrics[0] if all(k in m for m in metrics[1:])]
     out: dict[str, float] = {}
     total_weight = float(sum(weights))
     for key in common:
-        _, reduction = split_metric_key(key)
+        split = split_metric_key(key)
+        reduction = split[1] if split is not None else ""
         values = [float(m[key]) for m in metrics]
-        if reduction == "sum":
+        if reduction not in METRIC_REDUCTIONS:
+            logger.debug("metric %r has no known reduction: keeping the first chunk's value", key)
+            out[key] = values[0]
+        elif reduction == "sum":
             out[key] = float(sum(values))
         elif reduction == "min":
             out[key] = min(values)
