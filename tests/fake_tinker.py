@@ -201,6 +201,9 @@ class FakeTinker:
             return self._future("json", {
                 "path": f"tinker://{body['model_id']}/weights/{body['path']}"})
         if path == "save_weights_for_sampler":
+            if self.older and not body.get("path"):  # no ephemeral saves: named weights
+                return self._future("json", {"path": f"tinker://{body['model_id']}/"
+                                             f"sampler_weights/ephemeral-{body['seq_id']}"})
             if body.get("path"):
                 return self._future("json", {
                     "path": f"tinker://{body['model_id']}/sampler_weights/{body['path']}"})

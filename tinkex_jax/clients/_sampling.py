@@ -510,6 +510,32 @@ def _unpickle_sampling_client(state: dict[str, Any], api_key: str | None = None
         record_stability_info=bool(state.get("record_stability_info", False)), clone_id=None)
 
 
+async def open_sampling_session(
+    shell: Shell,
+    seq: int,
+    *,
+    model_path: str | None,
+    base_model: str | None,
+    retry_config: RetryConfig | None,
+    record_stability_info: bool,
+) -> SamplingClient:
+    """``create_sampling_session`` with sampling-session seq id `seq` (already reserved), then
+    ``GET samplers/{id}`` when the base model is unknown; runs on the shell's loop.
+
+    The session is opened on `model_path` when given (`base_model` then only names the
+    model for the client), else on `base_model`.
+    """
+    session_id = await shell.ensure_session()
+    request = CreateSamplingSessionRequest(
+        session_id=session_id, sampling_session_seq_id=seq,
+        base_model=None if model_path else base_model, model_path=model_path)
+    created = await shell.call("create_sampling_session", request, CreateSamplingSessionResponse)
+    name = base_model or await fetch_base_model(shell, created.sampling_session_id)
+    return SamplingClient(shell, sampling_session_id=created.sampling_session_id,
+                          base_model=name, model_path=model_path, retry_config=retry_config,
+                          record_stability_info=record_stability_info)
+
+
 def create_sampling_client(
     shell: Shell,
     *,
@@ -529,16 +555,9 @@ def create_sampling_client(
     seq = shell.next_sampling_session_seq_id()
 
     async def run() -> SamplingClient:
-        session_id = await shell.ensure_session()
-        request = CreateSamplingSessionRequest(
-            session_id=session_id, sampling_session_seq_id=seq, base_model=base_model,
-            model_path=model_path)
-        created = await shell.call("create_sampling_session", request,
-                                   CreateSamplingSessionResponse)
-        name = base_model or await fetch_base_model(shell, created.sampling_session_id)
-        return SamplingClient(shell, sampling_session_id=created.sampling_session_id,
-                              base_model=name, model_path=model_path, retry_config=retry_config,
-                              record_stability_info=record_stability_info)
+        return await open_sampling_session(shell, seq, model_path=model_path,
+                                           base_model=base_model, retry_config=retry_config,
+                                           record_stability_info=record_stability_info)
 
     return shell.submit(run, sdk_method=sdk_method,  # type: ignore[return-value]
                         future_cls=ClientFuture)

@@ -53,7 +53,13 @@ from ..types import (
 )
 from ..wire import decode_forward_backward_output, encode_forward_backward_request, zstd_compress
 from ._client_future import ClientFuture
-from ._sampling import RetryConfig, SamplingClient, create_sampling_client, fetch_base_model
+from ._sampling import (
+    RetryConfig,
+    SamplingClient,
+    create_sampling_client,
+    fetch_base_model,
+    open_sampling_session,
+)
 
 if TYPE_CHECKING:
     from .._shell._polling import QueueObserver
@@ -506,11 +512,19 @@ class TrainingClient:
         async def run() -> SamplingClient:
             result = await self._send_one(ids[0], "save_weights_for_sampler", body,
                                           "SaveWeightsForSampler", SaveWeightsForSamplerResponse)
+            if not result.sampling_session_id and result.path:
+                # an older server saved named weights instead: open a session on them
+                logger.debug("save_weights_and_get_sampling_client: no sampling_session_id in "
+                             "the result; opening a sampling session on %s", result.path)
+                return await open_sampling_session(
+                    shell, shell.next_sampling_session_seq_id(), model_path=result.path,
+                    base_model=self._info.model_data.model_name or None,
+                    retry_config=retry_config, record_stability_info=record_stability_info)
             if not result.sampling_session_id:
                 raise APIResponseValidationError(
-                    "TrainingClient.save_weights_and_get_sampling_client: the result has no "
-                    "'sampling_session_id'. The server does not follow the Tinker protocol for "
-                    "ephemeral sampler saves.")
+                    "TrainingClient.save_weights_and_get_sampling_client: the result has neither "
+                    "'sampling_session_id' nor 'path'. The server does not follow the Tinker "
+                    "protocol for ephemeral sampler saves.")
             base_model = self._info.model_data.model_name or await fetch_base_model(
                 shell, result.sampling_session_id)
             return SamplingClient(shell, sampling_session_id=result.sampling_session_id,

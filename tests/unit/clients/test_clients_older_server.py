@@ -227,3 +227,15 @@ def test_json_that_is_not_a_result_is_still_an_error():
     topk = decode_legacy_result("Sample", b'{"sequences": [], "topk_prompt_logprobs": '
                                           b'[null, [[3, -0.5], [4, -2.0]], [[5, -0.25]]]}')
     assert topk.topk_prompt_logprobs == [None, [(3, -0.5), (4, -2.0)], [(5, -0.25)]]
+
+
+def test_ephemeral_sampler_save_answered_with_a_path_opens_a_session_on_it(service, older,
+                                                                           caplog):
+    tc = service.create_lora_training_client("base/model", rank=4).result(timeout=5)
+    with caplog.at_level(logging.DEBUG, logger="tinkex_jax.training"):
+        sampler = tc.save_weights_and_get_sampling_client().result(timeout=5)
+    saved = f"tinker://{tc.model_id}/sampler_weights/ephemeral-"
+    opened = older.calls_to("create_sampling_session")[-1].json
+    assert opened["model_path"].startswith(saved) and sampler.model_path == opened["model_path"]
+    assert sampler.sample(PROMPT, 1, PARAMS).result(timeout=5).sequences[0].tokens == [1, 2, 3]
+    assert "opening a sampling session" in caplog.text
