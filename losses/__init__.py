@@ -1,9 +1,12 @@
 """Pure, jit-compiled JAX losses over Tinker's per-token logprobs.
 
+* The loss table :data:`LOSS_SPECS`: every ``loss_fn`` name of the wire, what it takes and
+  whether it is served; :func:`validate_loss_request`, :func:`check_loss_inputs` and
+  :func:`resolve_loss_config` check a request against it (the SDK and the local server
+  call them too).
 * The built-in Tinker losses (``cross_entropy``, ``importance_sampling``, ``ppo``, ``cispo``,
-  ``dro``, ``gspo``) with the exact server math, and the :data:`BUILTIN_LOSSES` registry the
-  local backend and the client dispatch through; :func:`validate_loss_request` and
-  :func:`resolve_loss_config` check a request against it.
+  ``dro``, ``gspo``, ``stable_reinforce``) with the exact server math, and the
+  :data:`BUILTIN_LOSSES` registry the local backend and the client dispatch through.
 * Research losses: :func:`dpo`, :func:`bradley_terry`, :func:`kl_penalized_policy_gradient`,
   :func:`topk_distillation`, and the helpers :func:`sequence_logprobs`, :func:`kl_estimate`.
 * The batch a custom loss sees (:class:`LossBatch`) and the host-side padding into length
@@ -15,7 +18,7 @@ Every loss takes an explicit mask (``where=``), an explicit keyword-only ``reduc
 hyperparameters. Implementation lives in private modules; import from ``losses`` only.
 
 Names are loaded on first use: request validation (:func:`validate_loss_request`,
-:data:`LOSS_SIGNATURES`, ...) and the NumPy padding helpers never import JAX, so an HTTP-only
+:data:`LOSS_SPECS`, ...) and the NumPy padding helpers never import JAX, so an HTTP-only
 client can use them and stay fast to import.
 """
 
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
         gspo,
         importance_sampling,
         ppo,
+        stable_reinforce,
     )
     from losses._common import Reduction
     from losses._kl import KLDirection, KLEstimator, kl_estimate
@@ -57,9 +61,15 @@ if TYPE_CHECKING:
         DEFAULT_CLIP_HIGH_THRESHOLD,
         DEFAULT_CLIP_LOW_THRESHOLD,
         DEFAULT_DRO_BETA,
-        LOSS_SIGNATURES,
-        LossSignature,
+        DEFAULT_SR_KL_COEFF,
+        DEFAULT_SR_RATIO_CAP,
+        DEFAULT_SR_SEQUENCE_RATIO_LIMIT,
+        LOSS_SPECS,
+        LossSpec,
+        check_loss_inputs,
+        loss_spec,
         resolve_loss_config,
+        served_losses,
         validate_loss_request,
     )
 
@@ -72,13 +82,17 @@ __all__ = [
     "DEFAULT_CLIP_HIGH_THRESHOLD",
     "DEFAULT_CLIP_LOW_THRESHOLD",
     "DEFAULT_DRO_BETA",
+    "DEFAULT_SR_KL_COEFF",
+    "DEFAULT_SR_RATIO_CAP",
+    "DEFAULT_SR_SEQUENCE_RATIO_LIMIT",
     "KLDirection",
     "KLEstimator",
-    "LOSS_SIGNATURES",
+    "LOSS_SPECS",
     "LossBatch",
-    "LossSignature",
+    "LossSpec",
     "Reduction",
     "bradley_terry",
+    "check_loss_inputs",
     "cispo",
     "cross_entropy",
     "dpo",
@@ -87,11 +101,14 @@ __all__ = [
     "importance_sampling",
     "kl_estimate",
     "kl_penalized_policy_gradient",
+    "loss_spec",
     "make_loss_batch",
     "pad_to_bucket",
     "ppo",
     "resolve_loss_config",
     "sequence_logprobs",
+    "served_losses",
+    "stable_reinforce",
     "topk_distillation",
     "unpad",
     "validate_loss_request",
@@ -120,6 +137,7 @@ _MODULE_OF: dict[str, str] = {
             "gspo",
             "importance_sampling",
             "ppo",
+            "stable_reinforce",
         ],
         "losses._builtin",
     ),
@@ -140,9 +158,15 @@ _MODULE_OF: dict[str, str] = {
             "DEFAULT_CLIP_HIGH_THRESHOLD",
             "DEFAULT_CLIP_LOW_THRESHOLD",
             "DEFAULT_DRO_BETA",
-            "LOSS_SIGNATURES",
-            "LossSignature",
+            "DEFAULT_SR_KL_COEFF",
+            "DEFAULT_SR_RATIO_CAP",
+            "DEFAULT_SR_SEQUENCE_RATIO_LIMIT",
+            "LOSS_SPECS",
+            "LossSpec",
+            "check_loss_inputs",
+            "loss_spec",
             "resolve_loss_config",
+            "served_losses",
             "validate_loss_request",
         ],
         "losses._spec",

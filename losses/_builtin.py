@@ -24,7 +24,11 @@ from losses._spec import (
     DEFAULT_CLIP_HIGH_THRESHOLD,
     DEFAULT_CLIP_LOW_THRESHOLD,
     DEFAULT_DRO_BETA,
-    LOSS_SIGNATURES,
+    DEFAULT_SR_KL_COEFF,
+    DEFAULT_SR_RATIO_CAP,
+    DEFAULT_SR_SEQUENCE_RATIO_LIMIT,
+    LOSS_SPECS,
+    LossSpec,
     check_unknown_config,
 )
 
@@ -37,24 +41,23 @@ __all__ = [
     "gspo",
     "importance_sampling",
     "ppo",
+    "stable_reinforce",
 ]
 
 
 class BuiltinLoss(NamedTuple):
-    """One entry of :data:`BUILTIN_LOSSES`: what a built-in loss needs and how to compute it.
+    """One entry of :data:`BUILTIN_LOSSES`: a served entry of ``LOSS_SPECS`` and its JAX code.
 
     Attributes:
-      name: the ``loss_fn`` string on the wire, e.g. ``"ppo"``.
-      required_inputs: ``loss_fn_inputs`` keys the loss needs besides ``target_tokens``.
-      config_defaults: the accepted ``loss_fn_config`` keys and their defaults (``{}`` when the
-        loss takes no config).
+      spec: the loss's entry in ``losses.LOSS_SPECS`` (names, defaults, checks).
       per_token: ``per_token(target_logprobs, inputs, mask, config) -> loss`` where
         ``target_logprobs`` is ``[B, T]`` (or ``[B, T, K]`` for 2-D targets; any leading shape
-        works, the last axis of ``mask`` is the token axis), ``inputs`` maps each required key
-        to a float array of the target's shape or a prefix of it, ``mask`` is ``[B, T]`` (1 =
-        real token, 0 = padding), and ``config`` maps config keys to scalars (Python numbers or
-        traced arrays; missing keys take their defaults). Returns the per-token loss with the
-        target's shape, exactly 0 where ``mask == 0``. Jit-able with config values traced.
+        works, the last axis of ``mask`` is the token axis), ``inputs`` maps each key of
+        :attr:`required_inputs` to a float array of the target's shape or a prefix of it,
+        ``mask`` is ``[B, T]`` (1 = real token, 0 = padding), and ``config`` maps config keys
+        to scalars (Python numbers or traced arrays; missing keys take their defaults).
+        Returns the per-token loss with the target's shape, exactly 0 where ``mask == 0``.
+        Jit-able with config values traced.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -70,10 +73,24 @@ class BuiltinLoss(NamedTuple):
       [-1.3, -1.0, 0.0]
     """
 
-    name: str
-    required_inputs: tuple[str, ...]
-    config_defaults: Mapping[str, float]
+    spec: LossSpec
     per_token: Callable[[Array, Mapping[str, Array], Array, Mapping[str, Array]], Array]
+
+    @property
+    def name(self) -> str:
+        """The ``loss_fn`` string on the wire, e.g. ``"ppo"``."""
+        return self.spec.name
+
+    @property
+    def required_inputs(self) -> tuple[str, ...]:
+        """The inputs ``per_token`` needs besides the targets (``spec.loss_inputs``: the
+        client's required inputs, then those a server derives from provenance)."""
+        return self.spec.loss_inputs
+
+    @property
+    def config_defaults(self) -> Mapping[str, float]:
+        """The accepted config keys and their defaults (``{}`` when the loss takes none)."""
+        return self.spec.config_defaults
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,14 +162,32 @@ def _core_gspo(
     )
 
 
-_CORES: dict[str, _Core] = {
-    "cispo": _core_cispo,
-    "cross_entropy": _core_cross_entropy,
-    "dro": _core_dro,
-    "gspo": _core_gspo,
-    "importance_sampling": _core_importance_sampling,
-    "ppo": _core_ppo,
-}
+def _core_stable_reinforce(
+    t: Array, x: Mapping[str, Array], mask: Array, cfg: Mapping[str, Array], token_axis: int
+) -> Array:
+    axes = tuple(range(token_axis, t.ndim))
+    use = mask & (x["sampled_mask"] != 0)
+    t_const = lax.stop_gradient(t)
+    log_ratio = jnp.where(use, t_const - x["sampled_logprobs"], 0)
+    count = jnp.sum(use.astype(t.dtype), axis=axes, keepdims=True)
+    mean_log_ratio = jnp.sum(log_ratio, axis=axes, keepdims=True) / jnp.maximum(count, 1)
+    keep = jnp.abs(mean_log_ratio) <= jnp.log(cfg["sequence_ratio_limit"])
+    weight = jnp.minimum(jnp.exp(log_ratio), cfg["ratio_cap"])  # constant: no gradient
+    penalty = 0.5 * cfg["kl_coeff"] * jnp.square(t - x["sampled_logprobs"])
+    return jnp.where(use & keep, -weight * x["advantages"] * t + penalty, 0)
+
+
+_CORES: Mapping[str, _Core] = MappingProxyType(
+    {
+        "cispo": _core_cispo,
+        "cross_entropy": _core_cross_entropy,
+        "dro": _core_dro,
+        "gspo": _core_gspo,
+        "importance_sampling": _core_importance_sampling,
+        "ppo": _core_ppo,
+        "stable_reinforce": _core_stable_reinforce,
+    }
+)
 
 
 def _evaluate(
@@ -170,7 +205,7 @@ def _evaluate(
 
     ``inputs`` maps each loss input key to ``(name used in error messages, value)``.
     """
-    defaults, core = LOSS_SIGNATURES[name].config_defaults, _CORES[name]
+    defaults, core = LOSS_SPECS[name].config_defaults, _CORES[name]
     t = as_float(target_logprobs, name="target_logprobs", where=fn)
     shape = tuple(t.shape)
     m = token_mask(mask, shape, where=fn, name=mask_name, like="target_logprobs")
@@ -214,7 +249,7 @@ def _policy_inputs(sampling_logprobs: ArrayLike, advantages: ArrayLike
 def _make_per_token(
     name: str,
 ) -> Callable[[Array, Mapping[str, Array], Array, Mapping[str, Array]], Array]:
-    required = LOSS_SIGNATURES[name].required_inputs
+    required = LOSS_SPECS[name].loss_inputs
     where = f"BUILTIN_LOSSES[{name!r}].per_token"
 
     def per_token(
@@ -253,15 +288,14 @@ def _make_per_token(
     return per_token
 
 
+if set(_CORES) != {name for name, spec in LOSS_SPECS.items() if spec.served}:
+    raise RuntimeError("losses: every served entry of LOSS_SPECS needs a core in _CORES")
+
 BUILTIN_LOSSES: Mapping[str, BuiltinLoss] = MappingProxyType(
     {
-        name: BuiltinLoss(
-            name=name,
-            required_inputs=required,
-            config_defaults=defaults,
-            per_token=_make_per_token(name),
-        )
-        for name, (required, defaults) in sorted(LOSS_SIGNATURES.items())
+        name: BuiltinLoss(spec=LOSS_SPECS[name], per_token=_make_per_token(name))
+        for name in sorted(LOSS_SPECS)
+        if LOSS_SPECS[name].served
     }
 )
 """The built-in losses by ``loss_fn`` name; the server engine and the client dispatch here."""
@@ -523,4 +557,93 @@ def gspo(
     return _reduced("gspo", target_logprobs, inputs, where=where, reduction=reduction,
                     config={"clip_low_threshold": clip_low_threshold,
                             "clip_high_threshold": clip_high_threshold},
+                    token_axis=ref_ndim - 1)
+
+
+def stable_reinforce(
+    target_logprobs: ArrayLike,
+    sampling_logprobs: ArrayLike,
+    advantages: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduction: Reduction,
+    ratio_cap: ArrayLike = DEFAULT_SR_RATIO_CAP,
+    sequence_ratio_limit: ArrayLike = DEFAULT_SR_SEQUENCE_RATIO_LIMIT,
+    kl_coeff: ArrayLike = DEFAULT_SR_KL_COEFF,
+) -> Array:
+    r"""``stable_reinforce``: truncated importance-weighted REINFORCE with a sequence trust band.
+
+    .. math::
+       \rho_i = t_i - s_i, \qquad
+       w_i = \mathrm{sg}\big(\min(e^{\rho_i}, C)\big), \qquad
+       k = \Big[\,\Big|\tfrac{1}{|M|}\textstyle\sum_{j \in M} \mathrm{sg}(\rho_j)\Big|
+           \le \log L\,\Big]
+
+       \ell_i = k \,\big(-w_i\, A_i\, t_i + \tfrac{\kappa}{2}\,\rho_i^2\big)
+       \quad (i \in M), \qquad \ell_i = 0 \text{ elsewhere}
+
+    ``s`` are the sampler's logprobs of the sampled tokens *as the sampler computed them*
+    (the local backend takes them from its own records, never from the client), ``M`` the
+    sampled tokens of one datum (``where``), ``C`` = ``ratio_cap``, ``L`` =
+    ``sequence_ratio_limit`` and ``κ`` = ``kl_coeff``.
+
+    * The gradient of a kept token is ``-(w_i A_i - κ ρ_i) ∇t_i``: REINFORCE (``-A_i ∇t_i``)
+      when sampling and training agree (``ρ = 0``), importance-corrected when they do not,
+      and never weighted by more than ``C`` (truncated importance sampling: a token whose
+      training probability is far above its sampling probability cannot dominate a step).
+    * A datum whose geometric-mean ratio ``exp(mean ρ)`` over its sampled tokens leaves
+      ``[1/L, L]`` contributes nothing (its samples came from a policy too far from the one
+      being trained: stale, or computed with broken numerics).
+    * ``κ > 0`` adds a proximal penalty pulling the trained logprobs of sampled tokens
+      towards the sampler's (the k2 estimate of their KL divergence).
+
+    The per-datum mean runs over the token axis and every axis after it; the token axis is
+    the last axis of ``where`` when given, else the last axis of ``advantages``.
+
+    Args:
+      target_logprobs: ``[..., T]`` current-policy logprobs of the sampled tokens.
+      sampling_logprobs: the sampler's logprobs of the same tokens.
+      advantages: per-token advantages.
+      where: the sampled tokens (non-zero); prompt positions and padding are 0 and get no
+        loss and no gradient. ``None``: every position was sampled.
+      reduction: ``"sum"``, ``"mean"`` or ``"none"`` (see :func:`cross_entropy`).
+      ratio_cap: largest importance weight ``C`` (>= 1; default 2).
+      sequence_ratio_limit: trust band ``L`` of a datum's geometric-mean ratio (>= 1;
+        default 2).
+      kl_coeff: weight ``κ`` of the proximal penalty (>= 0; default 0, off).
+
+    Returns:
+      A scalar, or the per-token losses for ``reduction="none"``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from losses import stable_reinforce
+      >>> s = jnp.array([[-1.0, -2.0, -0.5]]); a = jnp.array([[1.0, 1.0, 1.0]])
+      >>> g = jax.grad(lambda t: stable_reinforce(t, s, a, reduction="sum"))(s)
+      >>> g.tolist()  # on-policy: the REINFORCE gradient -A
+      [[-1.0, -1.0, -1.0]]
+      >>> t = s + jnp.array([[1.0, 0.0, 0.0]])  # token 0 is e times likelier now
+      >>> g = jax.grad(lambda t: stable_reinforce(t, s, a, reduction="sum"))(t)
+      >>> g.tolist()  # its weight is capped at 2
+      [[-2.0, -1.0, -1.0]]
+      >>> t = s + 1.0  # every token: geometric-mean ratio e > 2, the datum is left out
+      >>> float(stable_reinforce(t, s, a, reduction="sum"))
+      0.0
+    """
+    fn = "losses.stable_reinforce"
+    check_reduction(reduction, where=fn)
+    ref_ndim = jnp.ndim(where) if where is not None else jnp.ndim(advantages)
+    if ref_ndim < 1:
+        raise ValueError(
+            f"{fn}: cannot find the token axis: "
+            f"{'where' if where is not None else 'advantages'} is a scalar. Fix: pass "
+            f"per-token advantages (or a where= mask) of shape [..., T]."
+        )
+    inputs = {"advantages": ("advantages", advantages),
+              "sampled_logprobs": ("sampling_logprobs", sampling_logprobs),
+              "sampled_mask": ("where", jnp.ones(()) if where is None else where)}
+    return _reduced("stable_reinforce", target_logprobs, inputs, where=where,
+                    reduction=reduction,
+                    config={"ratio_cap": ratio_cap, "sequence_ratio_limit": sequence_ratio_limit,
+                            "kl_coeff": kl_coeff},
                     token_axis=ref_ndim - 1)

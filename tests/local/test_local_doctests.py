@@ -19,6 +19,7 @@ MODULES = [
     "tinkex_jax.local._peft",
     "tinkex_jax.local._rest",
     "tinkex_jax.local._scheduler",
+    "tinkex_jax.local._stability",
     "tinkex_jax.local._server",
     "tinkex_jax.local._storage",
 ]

@@ -81,11 +81,13 @@ def _datum(n: int, **inputs: object) -> Datum:
     ("data", "loss", "fragment"),
     [
         ([], "cross_entropy", "at least one Datum"),
-        ([_datum(3, target_tokens=[1, 2, 3])], "cross_entropy", "missing keys ['weights']"),
+        ([_datum(3, target_tokens=[1, 2, 3])], "cross_entropy", "missing ['weights']"),
         ([_datum(3, target_tokens=[1, 2], weights=[1, 1])], "cross_entropy",
          "3 rows, one per input position"),
         ([_datum(2, target_tokens=[1, 2], weights=[1, 1, 1])], "cross_entropy", "2 rows"),
-        ([_datum(2, target_tokens=[1, 2], weights=[1, 1])], "nope", "one of ["),
+        ([_datum(2, target_tokens=[1, 2], weights=[1, 1])], "nope", "expected one of: "),
+        ([_datum(2, target_tokens=[1, 2], advantages=[1, 1])], "stable_reinforce",
+         "expected provenance spans"),
         ([_datum(2, target_tokens=[[1, 2], [3, 4]], weights=[1, 1])], "cross_entropy",
          "the shape of target_tokens"),
         (["not a datum"], "cross_entropy", "a Datum"),
@@ -99,12 +101,14 @@ def test_validate_training_data_names_the_problem(data, loss, fragment):
 
 def test_validate_loss_config():
     assert validate_loss_config("dro", None) == {"beta": 0.05}
-    with pytest.raises(ValidationError, match="a config key of cross_entropy"):
+    with pytest.raises(ValidationError, match="'cross_entropy' does not accept loss_fn_config"):
         validate_loss_config("cross_entropy", {"beta": 1.0})
     with pytest.raises(ValidationError, match="finite"):
         validate_loss_config("ppo", {"clip_low_threshold": math.inf})
+    with pytest.raises(ValidationError, match="clip_low_threshold <= clip_high_threshold"):
+        validate_loss_config("cispo", {"clip_low_threshold": 1.3})
     assert set(LOSS_SPECS) == {"cross_entropy", "importance_sampling", "ppo", "cispo", "dro",
-                               "gspo"}
+                               "gspo", "stable_reinforce", "custom"}
 
 
 # ----------------------------------------------------------------------------- chunking

@@ -1,61 +1,75 @@
-"""What each built-in loss needs (PROTOCOL.md §9), as plain data: no JAX import."""
+"""The SDK's view of the loss table: `losses.LOSS_SPECS` (pure Python, no JAX import) and the
+checks the client runs before sending, raising `ValidationError`.
+
+There is one table: this module re-exports it and converts the table's own checks
+(`losses.resolve_loss_config`, `losses.check_loss_inputs`) into the SDK's error type, so the
+client, the builders and the local server agree by construction.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from typing import NamedTuple
+from collections.abc import Collection, Mapping
 
-from ..errors import invalid
+from losses._spec import (
+    LOSS_SPECS,
+    LossSpec,
+    check_loss_inputs,
+    loss_spec,
+    resolve_loss_config,
+)
 
-__all__ = ["LOSS_SPECS", "LossSpec", "validate_loss_config"]
+from ..errors import ValidationError
+
+__all__ = ["LOSS_SPECS", "LossSpec", "check_datum_loss_inputs", "validate_loss_config",
+           "wire_loss_spec"]
 
 
-class LossSpec(NamedTuple):
-    """The inputs and hyperparameters of a built-in loss."""
+def wire_loss_spec(loss_fn: str) -> LossSpec:
+    """The table entry of a ``loss_fn`` name of the wire (``custom`` included).
 
-    name: str
-    required_inputs: tuple[str, ...]
-    config_defaults: Mapping[str, float]
+    Raises:
+        ValidationError: an unknown name; the message lists the valid ones.
 
-
-_CLIP = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}
-_RL_INPUTS = ("target_tokens", "logprobs", "advantages")
-
-#: Built-in losses by name. `losses.BUILTIN_LOSSES` implements exactly these in JAX.
-LOSS_SPECS: Mapping[str, LossSpec] = {
-    "cross_entropy": LossSpec("cross_entropy", ("target_tokens", "weights"), {}),
-    "importance_sampling": LossSpec("importance_sampling", _RL_INPUTS, {}),
-    "ppo": LossSpec("ppo", _RL_INPUTS, _CLIP),
-    "cispo": LossSpec("cispo", _RL_INPUTS, _CLIP),
-    "dro": LossSpec("dro", _RL_INPUTS, {"beta": 0.05}),
-    "gspo": LossSpec("gspo", (*_RL_INPUTS, "sequence_ratio_mask"), _CLIP),
-}
+    Example:
+        >>> wire_loss_spec("custom").served, wire_loss_spec("ppo").served
+        (False, True)
+    """
+    try:
+        return loss_spec(loss_fn, served=False)
+    except ValueError as exc:
+        raise ValidationError(str(exc), where="loss_fn") from None
 
 
 def validate_loss_config(loss_fn: str, config: Mapping[str, float | str] | None
                          ) -> dict[str, float]:
-    """Check a loss name and its config; return the config with defaults filled in.
+    """Check a built-in loss name and its config; return the config with defaults filled in.
+
+    The same check the local server runs (`losses.resolve_loss_config`).
 
     Raises:
-        ValidationError: unknown loss, unknown config key, or a non-finite value.
+        ValidationError: unknown or non-built-in loss, unknown config key, a non-finite
+            value, or values that break the loss's rule (e.g. clip_low > clip_high).
 
     Example:
         >>> validate_loss_config("ppo", {"clip_low_threshold": 0.9})
         {'clip_low_threshold': 0.9, 'clip_high_threshold': 1.2}
     """
-    spec = LOSS_SPECS.get(loss_fn)
-    if spec is None:
-        raise invalid("loss_fn", f"one of {sorted(LOSS_SPECS)}", loss_fn,
-                      "use forward_backward_custom for your own loss")
-    merged = dict(spec.config_defaults)
-    for key, value in (config or {}).items():
-        if key not in spec.config_defaults:
-            allowed = sorted(spec.config_defaults) or "no keys"
-            raise invalid(f"loss_fn_config[{key!r}]", f"a config key of {loss_fn}: {allowed}",
-                          key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
-                value):
-            raise invalid(f"loss_fn_config[{key!r}]", "a finite number", value)
-        merged[key] = float(value)
-    return merged
+    try:
+        return resolve_loss_config(loss_fn, config, where="loss_fn_config")
+    except ValueError as exc:
+        raise ValidationError(str(exc), where="loss_fn_config") from None
+
+
+def check_datum_loss_inputs(loss_fn: str, keys: Collection[str], where: str) -> None:
+    """Check one datum's ``loss_fn_inputs`` keys against the table (`losses.check_loss_inputs`).
+
+    Raises:
+        ValidationError: a required key is missing; the message names them.
+
+    Example:
+        >>> check_datum_loss_inputs("cross_entropy", ["target_tokens", "weights"], "data[0]")
+    """
+    try:
+        check_loss_inputs(loss_fn, keys, where=where)
+    except ValueError as exc:
+        raise ValidationError(str(exc), where=where) from None

@@ -10,11 +10,13 @@ from ..types import (
     ForwardBackwardRequest,
     ImageAssetPointerChunk,
     ImageChunk,
+    PromptProvenanceSpan,
+    SampledProvenanceSpan,
 )
 from ._ids import seq_id_of
-from ._losses import LOSS_SPECS, validate_loss_config
+from ._losses import check_datum_loss_inputs, validate_loss_config, wire_loss_spec
 
-__all__ = ["build_forward_backward_requests", "validate_training_data"]
+__all__ = ["build_forward_backward_requests", "check_provenance_tiling", "validate_training_data"]
 
 
 def _datum_length(datum: Datum, where: str) -> int | None:
@@ -29,14 +31,71 @@ def _datum_length(datum: Datum, where: str) -> int | None:
     return datum.model_input.length
 
 
+def _check_spans(spans: Sequence[object], where: str, field: str, rows: int | None) -> None:
+    total = 0
+    for j, span in enumerate(spans):
+        at = f"{where}.{field}[{j}]"
+        if not isinstance(span, PromptProvenanceSpan | SampledProvenanceSpan):
+            raise invalid(at, "a PromptProvenanceSpan or SampledProvenanceSpan",
+                          f"<{type(span).__name__}>")
+        if not isinstance(span.sequence_id, str) or not span.sequence_id:
+            raise invalid(f"{at}.sequence_id", "the non-empty sequence_id of a sampled sequence",
+                          span.sequence_id, "use SampledSequence.sequence_id")
+        for name in ("offset", "length"):
+            value = getattr(span, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise invalid(f"{at}.{name}", "an int >= 0", value)
+        total += span.length
+    if rows is not None and total != rows:
+        raise invalid(f"{where}.{field}", f"spans whose lengths add up to {rows} (they tile "
+                      "the field: one span per run of positions, in order)",
+                      f"<spans covering {total} positions>",
+                      "build them with Datum.with_provenance, one span per prompt or sampled run")
+
+
+def check_provenance_tiling(datum: Datum, loss_fn: str, where: str = "data[0]") -> None:
+    """Check that a datum carries provenance spans that tile its fields.
+
+    Losses that need provenance (``stable_reinforce``) require both span lists: the
+    ``model_input`` spans must cover every input position and the ``loss_fn_inputs`` spans
+    every row of ``target_tokens``, each span naming a sequence id and ``offset, length >= 0``.
+    Whether the named sequences exist and hold those tokens is the server's check.
+
+    Raises:
+        ValidationError: missing spans, a bad span, or spans that do not tile their field.
+
+    Example:
+        >>> from tinkex_jax.builders import datum_from_tokens
+        >>> check_provenance_tiling(datum_from_tokens([1, 2, 3]), "stable_reinforce")
+        Traceback (most recent call last):
+        ...
+        tinkex_jax.ValidationError: data[0]: expected provenance spans (loss_fn 'stable_reinforce' trains on recorded samples), got <a Datum without provenance>. Fix: sample with record_stability_info=True and attach datum.with_provenance(model_input=[...], loss_fn_inputs=[...]) naming each position's sampled sequence
+    """
+    if datum.model_input_spans is None or datum.loss_fn_input_spans is None:
+        raise invalid(where, f"provenance spans (loss_fn {loss_fn!r} trains on recorded samples)",
+                      "<a Datum without provenance>",
+                      "sample with record_stability_info=True and attach "
+                      "datum.with_provenance(model_input=[...], loss_fn_inputs=[...]) naming "
+                      "each position's sampled sequence")
+    target = datum.loss_fn_inputs.get("target_tokens")
+    shape = tuple(target.shape or ()) if target is not None else ()
+    rows = int(shape[0]) if shape else None
+    _check_spans(datum.model_input_spans, where, "model_input_spans",
+                 _datum_length(datum, where))
+    _check_spans(datum.loss_fn_input_spans, where, "loss_fn_input_spans", rows)
+
+
 def validate_training_data(data: Sequence[Datum], loss_fn: str | None,
                            loss_fn_config: Mapping[str, float | str] | None = None) -> None:
     """Check data for forward / forward_backward before anything is sent.
 
     Every datum must be a `Datum` with a non-empty input; every loss input must have one row
     per input position (``shape[0] == model_input.length``); ``weights`` must match
-    ``target_tokens``; a built-in loss must get its required inputs and known config keys.
-    Pass ``loss_fn=None`` to check only shapes (custom losses).
+    ``target_tokens``; a built-in loss must get its required inputs, known config keys with
+    valid values and, when it needs them, provenance spans that tile the datum (the checks
+    of the loss table, `losses.LOSS_SPECS`, which the local server runs too). Pass
+    ``loss_fn=None`` (or a name no built-in loss implements, ``custom``) to check only
+    shapes.
 
     Raises:
         ValidationError: naming the datum, the key, what was expected and what was given.
@@ -47,16 +106,18 @@ def validate_training_data(data: Sequence[Datum], loss_fn: str | None,
         >>> validate_training_data([datum_from_tokens([1, 2, 3])], "ppo")
         Traceback (most recent call last):
         ...
-        tinkex_jax.ValidationError: data[0].loss_fn_inputs: expected the inputs of ppo: ['advantages', 'logprobs', 'target_tokens'], got ['target_tokens', 'weights']. Fix: add the missing keys ['advantages', 'logprobs']
+        tinkex_jax.ValidationError: data[0].loss_fn_inputs: loss_fn 'ppo' requires loss_fn_inputs ['advantages', 'logprobs', 'target_tokens']; missing ['advantages', 'logprobs'] (given: ['target_tokens', 'weights']). Fix: add ['advantages', 'logprobs'] to every Datum.loss_fn_inputs.
     """
     if isinstance(data, Datum) or not isinstance(data, Sequence):
         raise invalid("data", "a list of Datum", f"<{type(data).__name__}>")
     if len(data) == 0:
         raise invalid("data", "at least one Datum", [], "pass a non-empty list")
-    required: tuple[str, ...] = ()
+    built_in = None
     if loss_fn is not None:
-        validate_loss_config(loss_fn, loss_fn_config)
-        required = LOSS_SPECS[loss_fn].required_inputs
+        spec = wire_loss_spec(loss_fn)
+        if spec.served:
+            validate_loss_config(loss_fn, loss_fn_config)
+            built_in = spec
     for i, datum in enumerate(data):
         where = f"data[{i}]"
         if not isinstance(datum, Datum):
@@ -65,10 +126,9 @@ def validate_training_data(data: Sequence[Datum], loss_fn: str | None,
         length = _datum_length(datum, where)
         if length == 0:
             raise invalid(f"{where}.model_input", "at least one input token", "<empty input>")
-        missing = [k for k in required if k not in datum.loss_fn_inputs]
-        if missing:
-            raise invalid(f"{where}.loss_fn_inputs", f"the inputs of {loss_fn}: {sorted(required)}",
-                          sorted(datum.loss_fn_inputs), f"add the missing keys {sorted(missing)}")
+        if built_in is not None:
+            check_datum_loss_inputs(built_in.name, datum.loss_fn_inputs,
+                                    f"{where}.loss_fn_inputs")
         for key, tensor in datum.loss_fn_inputs.items():
             shape = tuple(tensor.shape or ())
             if length is not None and (not shape or shape[0] != length):
@@ -89,6 +149,8 @@ def validate_training_data(data: Sequence[Datum], loss_fn: str | None,
                 raise invalid(f"{where}.loss_fn_inputs['weights']",
                               f"the shape of target_tokens {list(target.shape or ())}",
                               f"<shape {list(weights.shape or ())}>")
+        if built_in is not None and built_in.needs_provenance:
+            check_provenance_tiling(datum, built_in.name, where)
 
 
 def build_forward_backward_requests(

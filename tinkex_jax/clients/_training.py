@@ -69,8 +69,9 @@ __all__ = ["TrainingClient"]
 T = TypeVar("T")
 logger = logging.getLogger("tinkex_jax.training")
 
-#: Loss names the wire accepts (PROTOCOL.md §4.1); the built-in ones are validated fully.
-_WIRE_LOSSES = (*LOSS_SPECS, "stable_reinforce", "custom")
+#: Loss names the wire accepts (PROTOCOL.md §4.1): the names of the one loss table
+#: (`losses.LOSS_SPECS`); the built-in ones are validated fully.
+_WIRE_LOSSES = tuple(LOSS_SPECS)
 
 
 def _validate_forward_input(data: Sequence[Datum], loss_fn: str,

@@ -74,6 +74,15 @@ class ServerConfig:
             429 with ``X-Tinker-Sampling-Backpressure: 1`` and ``Retry-After: 1``, which
             Tinker SDKs wait out and resubmit with the same seq_id. None (default): no
             limit.
+        stability_record_ttl_s: How long the server keeps a sampled sequence's stability
+            record (sampled with ``record_stability_info``, used by ``stable_reinforce``)
+            without use: a day, as the hosted service documents. Using a record renews it.
+        stability_max_tokens: Memory bound of those records, in stored tokens (prompt plus
+            sampled); beyond it the least recently used records are dropped.
+        sampler_logprob_noise: A testing aid, 0 (off) by default: the standard deviation of
+            Gaussian noise added to the logprob of every sampled token as the sampler
+            reports (and records) it, simulating a sampler whose numerics differ from
+            training's. The tokens are sampled as before.
 
     Example:
         >>> cfg = ServerConfig(data_dir=Path("/tmp/x"), port=0)
@@ -102,6 +111,9 @@ class ServerConfig:
     jwt_lifetime_s: float = 3600.0
     max_pending_samples: int | None = None
     session_idle_timeout_s: float | None = 900.0
+    stability_record_ttl_s: float = 86_400.0
+    stability_max_tokens: int = 16_000_000
+    sampler_logprob_noise: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -127,6 +139,19 @@ class ServerConfig:
             raise invalid("ServerConfig.session_idle_timeout_s", "None or seconds >= 30",
                           self.session_idle_timeout_s,
                           "SDKs heartbeat every 10 s; a shorter timeout would end live sessions")
+        if not (isinstance(self.stability_record_ttl_s, int | float)
+                and 0 < self.stability_record_ttl_s < float("inf")):
+            raise invalid("ServerConfig.stability_record_ttl_s", "seconds > 0",
+                          self.stability_record_ttl_s)
+        if (isinstance(self.stability_max_tokens, bool)
+                or not isinstance(self.stability_max_tokens, int)
+                or self.stability_max_tokens < 1):
+            raise invalid("ServerConfig.stability_max_tokens", "an int >= 1",
+                          self.stability_max_tokens)
+        if not (isinstance(self.sampler_logprob_noise, int | float)
+                and 0 <= self.sampler_logprob_noise < float("inf")):
+            raise invalid("ServerConfig.sampler_logprob_noise", "a finite number >= 0 (0: off)",
+                          self.sampler_logprob_noise)
         if self.compute_workers < 1:
             raise invalid("ServerConfig.compute_workers", "an int >= 1", self.compute_workers)
         if not self.base_models:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..builders import LOSS_SPECS, validate_training_data
+from ..builders import LOSS_SPECS, validate_loss_config, validate_training_data
 from ..errors import ValidationError
 from ..types import (
     Datum,
@@ -86,16 +86,18 @@ def _check_ids(ids: np.ndarray, vocab: int, where: str, base: str) -> None:
 
 def _validated(data: Sequence[Datum], loss_fn: str,
                config: dict[str, float | str] | None) -> dict[str, float]:
-    try:
-        validate_training_data(data, loss_fn, config)
-    except ValidationError as exc:
-        raise UserError(str(exc)) from None
-    from losses import resolve_loss_config
+    """The checks of the loss table (`losses.LOSS_SPECS`), the same the client runs before
+    sending; only a loss this server computes is accepted."""
+    from losses import loss_spec
 
     try:
-        numeric = {k: v for k, v in (config or {}).items()}
-        return resolve_loss_config(loss_fn, numeric)  # type: ignore[arg-type]
+        loss_spec(loss_fn)
     except ValueError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        validate_training_data(data, loss_fn, config)
+        return validate_loss_config(loss_fn, config)
+    except ValidationError as exc:
         raise UserError(str(exc)) from None
 
 
@@ -105,12 +107,15 @@ def training_items(request: ForwardBackwardRequest, info: BaseModelInfo
 
     Returns the per-datum host arrays and the loss config with defaults filled in.
 
+    The items carry the loss's required client inputs only; a loss that needs provenance
+    gets its derived inputs from `tinkex_jax.local._stability.StabilityRecords.resolve`.
+
     Raises:
         UserError: unknown loss, missing or mis-shaped ``loss_fn_inputs``, token ids outside
             the vocabulary, a sequence longer than the context, or a non-text chunk.
     """
     config = _validated(request.data, request.loss_fn, request.loss_fn_config)
-    required = [k for k in LOSS_SPECS[request.loss_fn].required_inputs if k != "target_tokens"]
+    required = LOSS_SPECS[request.loss_fn].required_inputs
     items: list[TrainItem] = []
     for i, datum in enumerate(request.data):
         where = f"data[{i}]"

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..builders import parse_tinker_path, tinker_path, training_model_id
+from ..builders import LOSS_SPECS, parse_tinker_path, tinker_path, training_model_id
 from ..errors import ValidationError
 from ..types import (
     CopyWeightsRequest,
@@ -87,6 +87,7 @@ from ._errors import (
 from ._futures import JSON, PROTOBUF, FutureStore, Outcome, Payload
 from ._rest import checkpoint_json, iso_time, session_json, training_run_json
 from ._scheduler import Scheduler
+from ._stability import SequenceRecord, StabilityRecords, with_logprob_noise
 from ._storage import CheckpointRow, RunRow, SamplerRow, SessionRow, Storage
 
 __all__ = ["Engine"]
@@ -195,6 +196,9 @@ class Engine:
         self._samplers: OrderedDict[str, _Sampler] = OrderedDict()
         self._handles: OrderedDict[int, tuple[_Sampler, Any]] = OrderedDict()
         self._dedup = _Dedup()
+        self.stability = StabilityRecords(ttl_s=config.stability_record_ttl_s,
+                                          max_tokens=config.stability_max_tokens,
+                                          clock=self.storage.now)
         self._evicted: set[str] = set()
         self._started = False
         self.pending_samples = 0  # asample requests queued or running
@@ -222,6 +226,7 @@ class Engine:
         """Delete expired checkpoints and forgotten results, finish sessions idle for longer
         than ``session_idle_timeout_s``; returns the number of checkpoints deleted."""
         self.futures.collect()
+        self.stability.collect()
         timeout = self.config.session_idle_timeout_s
         if timeout is not None:
             for session_id in self.storage.idle_sessions(self.storage.now() - timeout):
@@ -518,6 +523,10 @@ class Engine:
             return seen
         model = self._model(req.model_id)
         items, loss_config = training_items(req, self._base(model.run.base_model))
+        if LOSS_SPECS[req.loss_fn].needs_provenance:  # checked in full before anything runs
+            derived = self.stability.resolve(model.run.session_id, req.data)
+            items = [dataclasses.replace(item, inputs={**item.inputs, **extra})
+                     for item, extra in zip(items, derived)]
         kind = "Forward" if req.forward_only else "ForwardBackward"
 
         def work() -> Payload:
@@ -937,14 +946,29 @@ class Engine:
         base = sampler.row.base_model
         info = self._base(base)
         job = sample_job(req, info, default_max_tokens=self.config.max_tokens_default)
+        if req.record_stability_info and not sampler_key:
+            raise UserError(
+                "record_stability_info needs a sampling session (its records belong to the "
+                "session, and its sequence ids must be unique). Fix: sample through a "
+                "SamplingClient created with record_stability_info=True.")
         self._admit_sample()
         want_table = needs_prompt_table(req)
         seq_ids = [f"{sampler_key or 'adhoc'}:{req.seq_id}:{i}" for i in range(req.num_samples)]
+        noise = self.config.sampler_logprob_noise
 
         def work() -> Payload:
             handle = self._handle(sampler)
             outcome = self.backend.sample(handle, job, prompt_logprobs=req.prompt_logprobs,
                                           topk_prompt=req.topk_prompt_logprobs)
+            if noise > 0:
+                outcome = dataclasses.replace(
+                    outcome, rows=with_logprob_noise(outcome.rows, noise, job.seed))
+            if req.record_stability_info:
+                prompt = job.prompt.copy()
+                prompt.setflags(write=False)  # one read-only copy shared by the sequences
+                for sequence_id, row in zip(seq_ids, outcome.rows):
+                    self.stability.record(sequence_id, SequenceRecord.create(
+                        sampler.row.session_id, prompt, row.tokens, row.logprobs))
             table = self.backend.logprob_table(handle, job.prompt) if want_table else None
             sample_tables = None
             if req.topk_sample_logprobs:

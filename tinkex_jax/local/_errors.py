@@ -13,6 +13,7 @@ __all__ = [
     "GoneError",
     "InvalidTokenError",
     "NotFoundError",
+    "PermissionDeniedError",
     "SamplingBackpressureError",
     "ServerError",
     "UnauthorizedError",
@@ -70,6 +71,14 @@ class InvalidTokenError(UnauthorizedError):
     code = "invalid_token"
     headers: ClassVar[Mapping[str, str] | None] = MappingProxyType(
         {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+class PermissionDeniedError(ServerError):
+    """The request names something that belongs to another session (HTTP 403)."""
+
+    status = 403
+    category = "user"
+    code = "permission_denied"
 
 
 class NotFoundError(ServerError):

@@ -116,8 +116,11 @@ def tensor_from_proto(msg: Any, where: str = "tensor") -> TensorData:
 # ----------------------------------------------------------------------------- requests
 
 
-def _span_from_proto(msg: Any) -> ProvenanceSpan:
+def _span_from_proto(msg: Any, where: str) -> ProvenanceSpan:
     kind = msg.WhichOneof("span")
+    if kind is None:
+        raise invalid(where, "a prompt_tokens or sampled_tokens span", "<an empty span>",
+                      "build spans with PromptProvenanceSpan / SampledProvenanceSpan")
     inner = getattr(msg, kind)
     cls = PromptProvenanceSpan if kind == "prompt_tokens" else SampledProvenanceSpan
     return cls(sequence_id=inner.sequence_id, offset=inner.offset, length=inner.length)
@@ -155,8 +158,10 @@ def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
                 raise invalid(f"data[{i}].model_input", "text or image chunks", kind or "<empty>")
         inputs = {key: tensor_from_proto(t, f"data[{i}].loss_fn_inputs[{key!r}]")
                   for key, t in d.loss_fn_inputs.items()}
-        spans_in = [_span_from_proto(s) for s in d.model_input_spans] or None
-        spans_loss = [_span_from_proto(s) for s in d.loss_fn_input_spans] or None
+        spans_in = [_span_from_proto(s, f"data[{i}].model_input_spans[{j}]")
+                    for j, s in enumerate(d.model_input_spans)] or None
+        spans_loss = [_span_from_proto(s, f"data[{i}].loss_fn_input_spans[{j}]")
+                      for j, s in enumerate(d.loss_fn_input_spans)] or None
         data.append(Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs,
                           model_input_spans=spans_in, loss_fn_input_spans=spans_loss))
     return ForwardBackwardRequest(

@@ -43,6 +43,18 @@ def np_per_token(name, t, inputs, mask, cfg):
     elif name == "dro":
         beta = cfg.get("beta", 0.05)
         out = -(t * x["advantages"] - 0.5 * beta * (t - x["logprobs"]) ** 2)
+    elif name == "stable_reinforce":
+        cap = cfg.get("ratio_cap", 2.0)
+        limit = cfg.get("sequence_ratio_limit", 2.0)
+        kl = cfg.get("kl_coeff", 0.0)
+        out = np.zeros_like(t)
+        for b in range(t.shape[0]):
+            use = m[b] & (x["sampled_mask"][b] != 0)
+            rho = t[b] - x["sampled_logprobs"][b]
+            keep = abs(rho[use].mean() if use.any() else 0.0) <= np.log(limit)
+            w = np.minimum(np.exp(rho), cap)
+            per = -w * x["advantages"][b] * t[b] + 0.5 * kl * rho**2
+            out[b] = np.where(use & keep, per, 0.0)
     elif name == "gspo":
         out = np.zeros_like(t)
         for b in range(t.shape[0]):  # each datum separately, as the formula reads
@@ -63,6 +75,14 @@ def np_grad(name, t, inputs, mask, cfg):
     a = x["advantages"]
     if name == "cispo":
         return np.where(m, -np.clip(np.exp(t - x["logprobs"]), LOW, HIGH) * a, 0.0)
+    if name == "stable_reinforce":
+        g = np.zeros_like(t)
+        for b in range(t.shape[0]):
+            use = m[b] & (x["sampled_mask"][b] != 0)
+            rho = t[b] - x["sampled_logprobs"][b]
+            keep = abs(rho[use].mean() if use.any() else 0.0) <= np.log(2.0)
+            g[b] = np.where(use & keep, -np.minimum(np.exp(rho), 2.0) * a[b], 0.0)
+        return g
     assert name == "gspo"
     g = np.zeros_like(t)
     for b in range(t.shape[0]):
@@ -88,11 +108,11 @@ def make_case(name, *, k=None, seed=SEED, dtype=np.float32):
     for key in BUILTIN_LOSSES[name].required_inputs:
         if key == "weights":
             inputs[key] = rng.uniform(0.1, 1.0, shape)
-        elif key == "logprobs":
+        elif key in ("logprobs", "sampled_logprobs"):
             inputs[key] = s
         elif key == "advantages":
             inputs[key] = rng.normal(0.0, 1.0, (b, t))  # [B,T] even for [B,T,K] targets
-        elif key == "sequence_ratio_mask":
+        elif key in ("sequence_ratio_mask", "sampled_mask"):
             srm = np.ones((b, t))
             srm[:, :2] = 0  # e.g. the prompt
             inputs[key] = srm
@@ -104,6 +124,9 @@ def call_public(name, t, inputs, *, where, reduction, **cfg):
     fn = getattr(losses, name)
     if name == "cross_entropy":
         return fn(t, inputs["weights"], where=where, reduction=reduction)
+    if name == "stable_reinforce":  # where= marks the sampled tokens
+        return fn(t, inputs["sampled_logprobs"], inputs["advantages"],
+                  where=where * inputs["sampled_mask"], reduction=reduction, **cfg)
     args = [t, inputs["logprobs"], inputs["advantages"]]
     if name == "gspo":
         args.append(inputs["sequence_ratio_mask"])
@@ -114,7 +137,14 @@ NAMES = sorted(BUILTIN_LOSSES)
 
 
 def test_registry_contract():
-    assert NAMES == ["cispo", "cross_entropy", "dro", "gspo", "importance_sampling", "ppo"]
+    assert NAMES == ["cispo", "cross_entropy", "dro", "gspo", "importance_sampling", "ppo",
+                     "stable_reinforce"]
+    assert BUILTIN_LOSSES["stable_reinforce"].required_inputs == (
+        "advantages", "sampled_logprobs", "sampled_mask")
+    assert dict(BUILTIN_LOSSES["stable_reinforce"].config_defaults) == {
+        "ratio_cap": 2.0, "sequence_ratio_limit": 2.0, "kl_coeff": 0.0}
+    for n in NAMES:
+        assert BUILTIN_LOSSES[n].spec is losses.LOSS_SPECS[n]
     assert BUILTIN_LOSSES["cross_entropy"].required_inputs == ("weights",)
     assert dict(BUILTIN_LOSSES["cross_entropy"].config_defaults) == {}
     for n in ("importance_sampling", "ppo", "cispo", "dro"):
@@ -142,7 +172,8 @@ def test_matches_numpy_reference(name, k):
     np.testing.assert_allclose(np.asarray(per), expected, rtol=2e-5, atol=1e-6)
     total = call_public(name, t, inputs, where=mask, reduction="sum")
     np.testing.assert_allclose(float(total), expected.sum(), rtol=2e-5, atol=1e-5)
-    count = np.broadcast_to(_lead(mask, t.ndim), t.shape).sum()
+    counted = mask * inputs["sampled_mask"] if name == "stable_reinforce" else mask
+    count = np.broadcast_to(_lead(counted, t.ndim), t.shape).sum()
     mean = call_public(name, t, inputs, where=mask, reduction="mean")
     np.testing.assert_allclose(float(mean), expected.sum() / count, rtol=2e-5, atol=1e-6)
     # the registry's per_token agrees with the public function
@@ -152,7 +183,7 @@ def test_matches_numpy_reference(name, k):
     np.testing.assert_allclose(np.asarray(reg), np.asarray(per), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["ppo", "cispo", "dro", "gspo"])
+@pytest.mark.parametrize("name", ["ppo", "cispo", "dro", "gspo", "stable_reinforce"])
 def test_config_values_are_used(name):
     t, inputs, mask = make_case(name)
     if name in ("ppo", "gspo"):
@@ -162,6 +193,8 @@ def test_config_values_are_used(name):
             ratio = np.exp(np.mean(t - inputs["logprobs"], axis=1, keepdims=True)) * np.ones_like(t)
         inputs["advantages"] = (np.sign(ratio - 1) * np.abs(inputs["advantages"])).astype(t.dtype)
     cfg = {"beta": 0.7} if name == "dro" else {"clip_low_threshold": 0.99, "clip_high_threshold": 1.01}
+    if name == "stable_reinforce":
+        cfg = {"ratio_cap": 1.05, "sequence_ratio_limit": 1.5, "kl_coeff": 0.5}
     reg = BUILTIN_LOSSES[name].per_token(t, inputs, mask, cfg)
     ref = np_per_token(name, t.astype(np.float64), inputs, mask, cfg)
     np.testing.assert_allclose(np.asarray(reg), ref, rtol=2e-5, atol=1e-6)
@@ -224,7 +257,7 @@ def test_check_grads_float64_under_jit(name):
         assert np.all(grad[real] != 0)
 
 
-@pytest.mark.parametrize("name", ["cispo", "gspo"])
+@pytest.mark.parametrize("name", ["cispo", "gspo", "stable_reinforce"])
 def test_stop_gradient_losses_match_analytic_gradients(name):
     """cispo and gspo are surrogates with stop-gradients: finite differences of their
     *values* do not equal their gradients by design, so compare with the analytic ones."""
@@ -305,7 +338,8 @@ def test_validate_loss_request():
                                    "sequence_ratio_mask"], ["clip_low_threshold"])
     with pytest.raises(ValueError) as e:
         validate_loss_request("ppo2", ["target_tokens"], [])
-    assert "cispo, cross_entropy, dro, gspo, importance_sampling, ppo" in str(e.value)
+    assert "cispo, cross_entropy, dro, gspo, importance_sampling, ppo, stable_reinforce" in str(
+        e.value)
     with pytest.raises(ValueError) as e:
         validate_loss_request("importance_sampling", ["target_tokens", "logprobs"], [])
     assert "missing ['advantages']" in str(e.value) and "Fix" in str(e.value)
@@ -333,5 +367,12 @@ def test_resolve_loss_config():
         resolve_loss_config("dro", {"beta": "0.1"})
     with pytest.raises(ValueError, match="clip_low_threshold <= clip_high_threshold"):
         resolve_loss_config("ppo", {"clip_low_threshold": 1.5})
-    with pytest.raises(ValueError, match="Unknown loss_fn"):
+    with pytest.raises(ValueError, match="unknown loss_fn 'nope'"):
         resolve_loss_config("nope", {})
+    with pytest.raises(ValueError, match="not a built-in loss this server computes"):
+        resolve_loss_config("custom", {"loss_id": 3.0})
+    assert resolve_loss_config("stable_reinforce", {"kl_coeff": 0.1}) == {
+        "ratio_cap": 2.0, "sequence_ratio_limit": 2.0, "kl_coeff": 0.1}
+    for bad in ({"ratio_cap": 0.5}, {"sequence_ratio_limit": 0.9}, {"kl_coeff": -0.1}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}'\\] of 'stable_reinforce'"):
+            resolve_loss_config("stable_reinforce", bad)
