@@ -17,7 +17,16 @@ Request ids for both phases are reserved before anything is sent, so an ``optim_
 submitted right after waits behind both. A failure anywhere in the chain poisons the
 client. The result reports ``loss:sum`` = the custom loss, ``surrogate_loss:sum`` = the
 server's linear surrogate, the composition's per-term metrics (value, weight, contribution,
-gradient norm) and the loss's own metrics.
+gradient norm) and the loss's own metrics. The two requests, the chunking and the metric
+merge are the client's (`TrainingClient.forward_backward_surrogate`, with the pure pieces in
+`tinkex_jax.builders`); this module only turns logprobs into gradients.
+
+State is explicit, optax-style: a `CustomLoss` holds no state. Stateful terms (an adaptive
+KL coefficient, ...) start from `CustomLoss.init` and every evaluation returns the next
+state; `forward_backward_custom` keeps it in the training client's ``loss_states``, so two
+clients never share it and it lives as long as the client. Compiled functions are cached by
+what determines the compilation (the loss function, its terms and the bucket policy), and
+hold nothing else.
 
 A loss is a pure function ``loss_fn(logprobs, batch) -> (loss, metrics)``: ``logprobs`` is
 ``[B, T]`` (``[B, T, K]`` for 2-D targets) and ``batch`` a :class:`losses.LossBatch` holding
@@ -31,7 +40,6 @@ first ``forward_backward_custom``).
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -50,9 +58,9 @@ from regularizers import ComposedLoss, ComposedState, TermSpec, compose, report_
 from ._loss_signature import loss_kind
 from ._shell import Future
 from ._torch_loss import require_torch, torch_loss_gradients
-from .builders import validate_training_data
+from .builders import SurrogateGradients
 from .errors import ValidationError, invalid
-from .types import Datum, ForwardBackwardOutput, TensorData
+from .types import Datum, ForwardBackwardOutput
 
 if TYPE_CHECKING:
     from .clients import TrainingClient
@@ -63,9 +71,6 @@ __all__ = [
     "CustomLossOutput",
     "PreparedBatch",
     "forward_backward_custom",
-    "merge_custom_metrics",
-    "surrogate_data",
-    "surrogate_forward_data",
 ]
 
 CustomLossFn = Callable[[jax.Array, LossBatch], tuple[jax.Array, Mapping[str, Any]]]
@@ -91,95 +96,6 @@ def _datums(data: Sequence[Datum]) -> list[Datum]:
     return [datum.snapshot() for datum in data]
 
 
-def surrogate_forward_data(data: Sequence[Datum]) -> list[Datum]:
-    """The datums the forward phase sends: ``target_tokens`` and ``weights`` only.
-
-    Missing ``weights`` become zeros of the targets' shape; the other ``loss_fn_inputs`` stay
-    on the client (the loss still sees them). Model inputs and provenance spans are kept.
-
-    Raises:
-        ValidationError: a datum without ``target_tokens``.
-
-    Example:
-        >>> from tinkex_jax.builders import datum_from_tokens
-        >>> d = datum_from_tokens([1, 2, 3])
-        >>> d = Datum(model_input=d.model_input, loss_fn_inputs={
-        ...     "target_tokens": d.loss_fn_inputs["target_tokens"], "ref": [0.5, 0.5]})
-        >>> fwd, = surrogate_forward_data([d])
-        >>> sorted(fwd.loss_fn_inputs), fwd.loss_fn_inputs["weights"].tolist()
-        (['target_tokens', 'weights'], [0.0, 0.0])
-    """
-    out: list[Datum] = []
-    for i, datum in enumerate(_datums(data)):
-        inputs = datum.loss_fn_inputs
-        if "target_tokens" not in inputs:
-            raise invalid(f"data[{i}].loss_fn_inputs", "a 'target_tokens' entry",
-                          f"<keys {sorted(inputs)}>",
-                          "a custom loss differentiates the logprobs of target_tokens; add them "
-                          "(the input shifted by one)")
-        targets = inputs["target_tokens"]
-        weights = inputs.get("weights")
-        if weights is None:
-            weights = TensorData.from_numpy(np.zeros(targets.to_numpy().shape, np.float32))
-        out.append(_with_inputs(datum, {"target_tokens": targets, "weights": weights}))
-    return out
-
-
-def _with_inputs(datum: Datum, inputs: Mapping[str, Any]) -> Datum:
-    return Datum(model_input=datum.model_input, loss_fn_inputs=dict(inputs),
-                 model_input_spans=datum.model_input_spans,
-                 loss_fn_input_spans=datum.loss_fn_input_spans)
-
-
-def surrogate_data(forward_data: Sequence[Datum], grads: Sequence[np.ndarray]) -> list[Datum]:
-    """The backward phase's datums: the same targets, ``weights = -grad`` (float32).
-
-    Example:
-        >>> import numpy as np
-        >>> from tinkex_jax.builders import datum_from_tokens
-        >>> d = surrogate_forward_data([datum_from_tokens([1, 2, 3])])
-        >>> surrogate_data(d, [np.array([0.5, -1.0])])[0].loss_fn_inputs["weights"].tolist()
-        [-0.5, 1.0]
-    """
-    if len(grads) != len(forward_data):
-        raise ValueError(f"surrogate_data: {len(grads)} gradients for {len(forward_data)} datums")
-    return [
-        _with_inputs(datum, {"target_tokens": datum.loss_fn_inputs["target_tokens"],
-                             "weights": TensorData.from_numpy(np.negative(grad, dtype=np.float32))})
-        for datum, grad in zip(forward_data, grads, strict=True)
-    ]
-
-
-def _split_like(items: Sequence[Datum], chunks: Sequence[Sequence[Datum]]) -> list[list[Datum]]:
-    out: list[list[Datum]] = []
-    start = 0
-    for chunk in chunks:
-        out.append(list(items[start:start + len(chunk)]))
-        start += len(chunk)
-    return out
-
-
-def merge_custom_metrics(backward: Mapping[str, float], custom_loss: float,
-                         loss_metrics: Mapping[str, float]) -> dict[str, float]:
-    """Metrics of a custom step, as the official SDK reports them (PROTOCOL.md §8.1 step 8).
-
-    The server's ``loss:sum`` (the linear surrogate) becomes ``surrogate_loss:sum`` (left
-    out when an older server reports none); the loss's metrics are added; ``loss:sum`` is
-    the custom loss.
-
-    Example:
-        >>> merge_custom_metrics({"loss:sum": 3.0, "tokens:sum": 8.0}, 1.5, {"acc:mean": 0.5})
-        {'tokens:sum': 8.0, 'acc:mean': 0.5, 'loss:sum': 1.5, 'surrogate_loss:sum': 3.0}
-    """
-    merged = dict(backward)
-    surrogate = merged.pop("loss:sum", None)
-    merged.update(loss_metrics)
-    merged["loss:sum"] = float(custom_loss)
-    if surrogate is not None:
-        merged["surrogate_loss:sum"] = float(surrogate)
-    return merged
-
-
 # ----------------------------------------------------------------------------- the loss
 
 
@@ -203,28 +119,21 @@ class PreparedBatch:
         return self.batch.inputs["target_tokens"].shape
 
 
-@dataclass(frozen=True)
-class CustomLossOutput:
-    """What one evaluation of a custom loss gives, on the host.
-
-    Attributes:
-        loss: the total (loss plus weighted terms).
-        grads: ``dLoss / dlogprobs`` for each datum, unpadded, float32.
-        metrics: ``name:reduction`` metrics: the loss's own and the composition's
-            (``loss/total:sum``, ``reg/<name>/contribution:sum``, gradient norms, ...).
-    """
-
-    loss: float
-    grads: list[np.ndarray]
-    metrics: dict[str, float]
+CustomLossOutput = SurrogateGradients
+"""What one evaluation gives, on the host: ``loss`` (the loss plus weighted terms),
+``grads`` (``dLoss / dlogprobs`` per datum, unpadded, float32), ``metrics`` (the loss's own
+and the composition's: ``loss/total:sum``, ``reg/<name>/contribution:sum``, gradient
+norms, ...) and ``state`` (the terms' next state, or None when no term keeps any)."""
 
 
 class CustomLoss:
     """A custom loss plus regularizer terms, jit-compiled once per length bucket.
 
-    Build it once and reuse it: the compiled functions live on the object (one per padded
-    shape), and so does the state of stateful terms (:func:`regularizers.adaptive_kl`, ...),
-    which is threaded through the calls in program order.
+    It holds no state: the compiled function (one per padded shape, by JAX) and what
+    determines it. Stateful terms (:func:`regularizers.adaptive_kl`, ...) start from `init`,
+    and every `evaluate` takes a state and returns the next one in its output (optax's
+    ``init`` / ``update`` shape); ``forward_backward_custom`` threads it through the training
+    client's ``loss_states`` in call order.
 
     Args:
         loss_fn: ``(logprobs [B, T], batch: LossBatch) -> (scalar, metrics)``.
@@ -241,8 +150,8 @@ class CustomLoss:
         >>> out = loss({"target_tokens": np.array([1, 2])}, [np.array([-1.0, -3.0])])
         >>> round(out.loss, 3), [g.tolist() for g in out.grads]  # 4 + 0.5 * (1 + 9) / 2
         (6.5, [[-1.5, -2.5]])
-        >>> loss.trace_count
-        1
+        >>> out.state is None  # no term keeps state
+        True
     """
 
     def __init__(self, loss_fn: CustomLossFn,
@@ -261,23 +170,18 @@ class CustomLoss:
         self.loss_fn = loss_fn
         self.policy = policy
         self.pad_values = dict(pad_values or {})
-        self.state: ComposedState | None = self.composed.init() if self.composed.stateful else None
-        self._traces = 0
-        self._lock = threading.Lock()
         self._jitted = jax.jit(self._value_and_grad)
 
     def __repr__(self) -> str:
-        return f"CustomLoss({self.composed!r}, traces={self._traces})"
+        return f"CustomLoss({self.composed!r})"
 
-    @property
-    def trace_count(self) -> int:
-        """How many times the loss was traced (= compiled): one per bucket shape."""
-        return self._traces
+    def init(self) -> ComposedState | None:
+        """The initial state of the stateful terms (None when no term keeps state)."""
+        return self.composed.init() if self.composed.stateful else None
 
     def _value_and_grad(self, logprobs: jax.Array, batch: LossBatch,
                         state: ComposedState | None
                         ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array], Any]:
-        self._traces += 1
         if state is None:
             (total, report), grad = self.composed.value_and_grad(logprobs, batch)
             new_state = None
@@ -285,6 +189,11 @@ class CustomLoss:
             (total, report, new_state), grad = self.composed.value_and_grad(logprobs, batch,
                                                                              state)
         return total, grad, report_metrics(report), new_state
+
+    def _state_or_init(self, state: ComposedState | None) -> ComposedState | None:
+        if not self.composed.stateful:
+            return None
+        return self.composed.init() if state is None else state
 
     def prepare(self, inputs: Sequence[Mapping[str, ArrayLike]], *,
                 extras: Mapping[str, ArrayLike] | None = None,
@@ -321,8 +230,7 @@ class CustomLoss:
         """
         logprobs = jax.ShapeDtypeStruct(prepared.logprobs_shape, jnp.float32)
         try:
-            with self._lock:
-                self._jitted.eval_shape(logprobs, prepared.batch, self.state)
+            self._jitted.eval_shape(logprobs, prepared.batch, self.init())
         except Exception as error:
             raise ValidationError(
                 f"loss_fn: calling it on logprobs float32{list(prepared.logprobs_shape)} and "
@@ -332,9 +240,12 @@ class CustomLoss:
                 f"positions have batch.mask == 0. If it is an official-SDK torch loss "
                 f"(data, logprobs_list), pass loss_signature='torch'.", where="loss_fn") from error
 
-    def evaluate(self, logprobs: Sequence[ArrayLike], prepared: PreparedBatch
-                 ) -> CustomLossOutput:
-        """Run the compiled loss on per-datum logprobs; advance the terms' state.
+    def evaluate(self, logprobs: Sequence[ArrayLike], prepared: PreparedBatch,
+                 state: ComposedState | None = None) -> CustomLossOutput:
+        """Run the compiled loss on per-datum logprobs from `state` (None: `init`).
+
+        Returns:
+            The loss, the per-datum gradients, the metrics and the terms' next state.
 
         Raises:
             ValueError: logprobs of the wrong number or shape, or a non-finite loss or
@@ -351,22 +262,20 @@ class CustomLoss:
         batch_shape = prepared.logprobs_shape
         padded, _ = pad_to_bucket(arrays, length=batch_shape[1], num_datums=batch_shape[0],
                                   dtype=np.float32, name="logprobs")
-        with self._lock:  # the state advances in call order
-            total, grad, metrics, new_state = self._jitted(padded, prepared.batch, self.state)
-            total, grad, metrics = jax.device_get((total, grad, metrics))
-            if not np.isfinite(total) or not np.all(np.isfinite(grad)):
-                raise ValueError(
-                    f"custom loss: the loss ({float(total)}) or its gradient is not finite; "
-                    f"nothing was sent for the backward pass. Check for log(0), division by a "
-                    f"zero mask sum or exp overflow (padded logprobs are 0).")
-            if self.state is not None:
-                self.state = new_state
-        grads = unpad_batch(grad, prepared.lengths)
-        return CustomLossOutput(loss=float(total), grads=grads,
-                                metrics={k: float(v) for k, v in metrics.items()})
+        total, grad, metrics, new_state = self._jitted(padded, prepared.batch,
+                                                       self._state_or_init(state))
+        total, grad, metrics = jax.device_get((total, grad, metrics))
+        if not np.isfinite(total) or not np.all(np.isfinite(grad)):
+            raise ValueError(
+                f"custom loss: the loss ({float(total)}) or its gradient is not finite; "
+                f"nothing was sent for the backward pass. Check for log(0), division by a "
+                f"zero mask sum or exp overflow (padded logprobs are 0).")
+        return CustomLossOutput(loss=float(total), grads=unpad_batch(grad, prepared.lengths),
+                                metrics={k: float(v) for k, v in metrics.items()},
+                                state=new_state)
 
     def __call__(self, inputs: Sequence[Mapping[str, ArrayLike]] | Mapping[str, ArrayLike],
-                 logprobs: Sequence[ArrayLike], *,
+                 logprobs: Sequence[ArrayLike], *, state: ComposedState | None = None,
                  extras: Mapping[str, ArrayLike] | None = None,
                  datum_extras: Sequence[Mapping[str, ArrayLike]] | None = None
                  ) -> CustomLossOutput:
@@ -374,7 +283,7 @@ class CustomLoss:
         prepared = self.prepare(inputs if not isinstance(inputs, Mapping) else [inputs],
                                 extras=extras, datum_extras=datum_extras)
         self.check(prepared)
-        return self.evaluate(logprobs, prepared)
+        return self.evaluate(logprobs, prepared, state)
 
 
 _CACHE_SIZE = 32
@@ -382,31 +291,42 @@ _cache: OrderedDict[tuple[Any, ...], CustomLoss] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
+def _compile_key(loss_fn: Callable[..., Any], terms: Sequence[TermSpec | tuple[Any, ...]],
+                 policy: BucketPolicy) -> tuple[Any, ...]:
+    """What determines a plain function's compiled loss: the function, its term objects and
+    weights, the bucket policy."""
+    return (loss_fn, tuple((t[0], id(t[1]), t[2] if len(t) > 2 else 1.0)
+                           if isinstance(t, tuple) else (type(t).__name__, id(t), 0)
+                           for t in terms), policy)
+
+
 def _custom_loss_for(loss_fn: CustomLossFn | CustomLoss,
                      regularizers: Sequence[TermSpec | tuple[Any, ...]] | None,
-                     policy: BucketPolicy | None) -> CustomLoss:
-    """The `CustomLoss` for a plain function, cached so repeated calls reuse its compiles."""
+                     policy: BucketPolicy | None) -> tuple[CustomLoss, Any]:
+    """The `CustomLoss` for `loss_fn` and the key its state lives under in a client.
+
+    A plain function's CustomLoss is cached by `_compile_key`, so repeated calls reuse its
+    compiles (the cache holds no state: it lives in the client, under that key).
+    """
     if isinstance(loss_fn, CustomLoss):
         if regularizers is not None or policy is not None:
             raise invalid("forward_backward_custom", "regularizers / policy given once",
                           "<a CustomLoss and regularizers= or policy=>",
                           "pass them to CustomLoss(...) instead")
-        return loss_fn
+        return loss_fn, loss_fn
     terms = list(regularizers or ())
-    key = (loss_fn, tuple((t[0], id(t[1]), t[2] if len(t) > 2 else 1.0)
-                          if isinstance(t, tuple) else (type(t).__name__, id(t), 0)
-                          for t in terms), policy or DEFAULT_BUCKET_POLICY)
+    key = _compile_key(loss_fn, terms, policy or DEFAULT_BUCKET_POLICY)
     with _cache_lock:
         found = _cache.get(key)
         if found is not None:
             _cache.move_to_end(key)
-            return found
+            return found, key
     custom = CustomLoss(loss_fn, terms, policy=policy or DEFAULT_BUCKET_POLICY)
     with _cache_lock:
         _cache[key] = custom
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
-    return custom
+    return custom, key
 
 
 # ----------------------------------------------------------------------------- the call
@@ -429,16 +349,17 @@ def forward_backward_custom(
     either a JAX function ``(logprobs [B, T], batch: LossBatch) -> (loss, metrics)`` (jit-
     compiled, with regularizers and side arrays) or an official-SDK torch function
     ``(data, logprobs_list) -> (loss, metrics)`` (needs PyTorch); `tinkex_jax._loss_signature`
-    says how the two are told apart, and `loss_signature` says it explicitly.
+    says how the two are told apart, and `loss_signature` says it explicitly. The requests
+    go through `TrainingClient.forward_backward_surrogate`.
 
     Args:
-        training_client: the client whose model trains.
+        training_client: the client whose model trains; it keeps the loss terms' state.
         data: the datums; every ``loss_fn_inputs`` key reaches the loss, only
             ``target_tokens`` and ``weights`` reach the server.
-        loss_fn: the loss, or a :class:`CustomLoss` (which carries its regularizers, policy
-            and state).
+        loss_fn: the loss, or a :class:`CustomLoss` (which carries its regularizers and
+            policy).
         regularizers: weighted terms added to a JAX loss (``TermSpec`` or tuples). Build them
-            once: a new term object means a new compile.
+            once: a new term object means a new compile (and a new state).
         extras: batch-level side arrays (e.g. ``[P, 2]`` pair indices) in ``batch.extras``.
         datum_extras: one mapping of side arrays per datum (e.g. reference logprobs),
             padded like the inputs into ``batch.extras``.
@@ -464,8 +385,7 @@ def forward_backward_custom(
     kind = "jax" if isinstance(loss_fn, CustomLoss) and loss_signature is None else loss_kind(
         loss_fn, loss_signature)
     datums = _datums(data)
-    forward_data = surrogate_forward_data(datums)
-    validate_training_data(forward_data, "cross_entropy")
+    gradients: Callable[[list[np.ndarray]], SurrogateGradients]
     if kind == "torch":
         jax_only = [name for name, value in (("regularizers", regularizers), ("extras", extras),
                                             ("datum_extras", datum_extras), ("policy", policy))
@@ -477,40 +397,20 @@ def forward_backward_custom(
                           "regularizers, extras or policies, or drop them")
         require_torch()  # a clear error now, not after the forward pass, when torch is missing
 
-        def evaluate(logprobs: list[np.ndarray]) -> CustomLossOutput:
+        def gradients(logprobs: list[np.ndarray]) -> SurrogateGradients:
             loss, grads, metrics = torch_loss_gradients(loss_fn, datums, logprobs)
-            return CustomLossOutput(loss=loss, grads=grads, metrics=metrics)
+            return SurrogateGradients(loss=loss, grads=grads, metrics=metrics)
     else:
-        custom = _custom_loss_for(loss_fn, regularizers, policy)
+        custom, state_key = _custom_loss_for(loss_fn, regularizers, policy)
         prepared = custom.prepare([{k: v.to_numpy() for k, v in d.loss_fn_inputs.items()}
                                    for d in datums], extras=extras, datum_extras=datum_extras)
         custom.check(prepared)
+        states = training_client.loss_states
 
-        def evaluate(logprobs: list[np.ndarray]) -> CustomLossOutput:
-            return custom.evaluate(logprobs, prepared)
-    return _two_phases(training_client, forward_data, evaluate)
-
-
-def _two_phases(training_client: TrainingClient, forward_data: list[Datum],
-                evaluate: Callable[[list[np.ndarray]], CustomLossOutput]
-                ) -> Future[ForwardBackwardOutput]:
-    """Reserve both phases' request ids, then: forward, `evaluate` in a worker thread, and
-    the backward pass with ``weights = -grad`` over the same chunk boundaries."""
-    chunks = training_client._chunk(forward_data)
-    n = len(chunks)
-    ids = training_client._reserve_request_ids(2 * n)
-
-    async def run() -> ForwardBackwardOutput:
-        forward = await training_client._send_forward_backward(
-            ids[:n], chunks, "cross_entropy", None, forward_only=True)
-        logprobs = [out["logprobs"].to_numpy() for out in forward.loss_fn_outputs]
-        result = await asyncio.to_thread(evaluate, logprobs)
-        backward_chunks = _split_like(surrogate_data(forward_data, result.grads), chunks)
-        backward = await training_client._send_forward_backward(
-            ids[n:], backward_chunks, "cross_entropy", None, forward_only=False)
-        metrics = merge_custom_metrics(backward.metrics, result.loss, result.metrics)
-        return ForwardBackwardOutput(loss_fn_output_type=backward.loss_fn_output_type,
-                                     loss_fn_outputs=backward.loss_fn_outputs, metrics=metrics)
-
-    return training_client._submit(run, request_ids=ids, sdk_method="forward_backward_custom",
-                                   poison_on_failure=True)
+        def gradients(logprobs: list[np.ndarray]) -> SurrogateGradients:
+            out = custom.evaluate(logprobs, prepared, states.get(state_key))
+            if out.state is not None:  # calls of one client run in submission order
+                states[state_key] = out.state
+            return out
+    return training_client.forward_backward_surrogate(datums, gradients,
+                                                      sdk_method="forward_backward_custom")

@@ -298,8 +298,7 @@ def run_demo(config: DemoConfig = DemoConfig(), *, stream: TextIO = sys.stdout) 
                             f"{m[f'reg/{name}/contribution:sum']:+.5f} (grad norm "
                             f"{m[f'reg/{name}/grad_norm:mean']:.4f})" for name in contributions))
             say(f"  base loss {m['loss/base:sum']:.5f} (grad norm "
-                f"{m['loss/base/grad_norm:mean']:.4f}); total {m['loss:sum']:.5f}; compiled "
-                f"{objective.trace_count} time(s)")
+                f"{m['loss/base/grad_norm:mean']:.4f}); total {m['loss:sum']:.5f}")
 
             trained = tc.save_weights_and_get_sampling_client("demo-final").result()
             after_all = _greedy(trained, heldout, config.max_length, config.seed)

@@ -30,6 +30,13 @@ from ._losses import LOSS_SPECS, LossSpec, validate_loss_config
 from ._paths import parse_tinker_path, tinker_path, training_model_id
 from ._requests import build_forward_backward_requests, validate_training_data
 from ._rl import group_advantages, group_datums, with_kl_penalty
+from ._surrogate import (
+    SurrogateGradients,
+    merge_custom_metrics,
+    split_like,
+    surrogate_data,
+    surrogate_forward_data,
+)
 
 __all__ = [
     "CLONE_SEQ_BLOCK",
@@ -38,6 +45,7 @@ __all__ = [
     "LossSpec",
     "RequestCounter",
     "SessionCounters",
+    "SurrogateGradients",
     "build_forward_backward_requests",
     "chunk_data",
     "combine_forward_backward_outputs",
@@ -48,6 +56,7 @@ __all__ = [
     "full_sequence",
     "group_advantages",
     "group_datums",
+    "merge_custom_metrics",
     "merge_metrics",
     "next_model_seq_id",
     "next_sampling_session_seq_id",
@@ -56,7 +65,10 @@ __all__ = [
     "rl_datum",
     "sampling_seq_id",
     "seq_id_of",
+    "split_like",
     "split_metric_key",
+    "surrogate_data",
+    "surrogate_forward_data",
     "tinker_path",
     "training_model_id",
     "validate_loss_config",

@@ -7,8 +7,10 @@ were made: call i+1's POST waits until call i's POST returned. The chunks of one
 forward / forward_backward call go out together (chunks 2..n first, then chunk 1, when the
 server enables ``parallel_fwdbwd_chunks``); their results are merged.
 
-Hooks for ``forward_backward_custom`` (implemented in ``tinkex_jax.custom_loss``):
-`_reserve_request_ids`, `_chunk`, `_send_forward_backward`, `_submit`, `_poison`.
+Custom losses (``tinkex_jax.custom_loss``) go through one public seam,
+`TrainingClient.forward_backward_surrogate`: the client owns the requests, the request order
+and the state of stateful loss terms (``loss_states``); the loss only turns logprobs into
+gradients.
 """
 
 from __future__ import annotations
@@ -17,20 +19,27 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import numpy as np
 
 from .._shell import Future, QueueStateLogger, Shell, TurnSequencer, instrument_async
 from .._shell._background import Telemetry
 from ..builders import (
     LOSS_SPECS,
     RequestCounter,
+    SurrogateGradients,
     build_forward_backward_requests,
     chunk_data,
     combine_forward_backward_outputs,
     estimate_datum_bytes,
+    merge_custom_metrics,
     reserve_request_ids,
     seq_id_of,
+    split_like,
+    surrogate_data,
+    surrogate_forward_data,
     validate_training_data,
 )
 from ..errors import APIResponseValidationError, invalid
@@ -124,6 +133,9 @@ class TrainingClient:
         self._tokenizer: Any = None
         self.queue_state_logger = QueueStateLogger("training", model_id,
                                                    clock=shell.runtime.clock)
+        #: State of stateful custom-loss terms (adaptive KL coefficients, ...) by loss: owned
+        #: by this client, advanced in submission order by ``forward_backward_custom``.
+        self.loss_states: dict[Hashable, Any] = {}
 
     def __repr__(self) -> str:
         return (f"<{type(self).__module__}.{type(self).__qualname__} "
@@ -391,6 +403,62 @@ class TrainingClient:
         return forward_backward_custom(self, data, loss_fn, regularizers=regularizers,
                                        extras=extras, datum_extras=datum_extras, policy=policy,
                                        loss_signature=loss_signature)
+
+    def forward_backward_surrogate(
+        self,
+        data: Sequence[Datum],
+        gradients: Callable[[list[np.ndarray]], SurrogateGradients],
+        *,
+        sdk_method: str = "TrainingClient.forward_backward_surrogate",
+    ) -> Future[ForwardBackwardOutput]:
+        """Train on a loss computed here from the per-token logprobs (PROTOCOL.md §8.1).
+
+        The seam custom losses go through. A forward pass (``cross_entropy``, only
+        ``target_tokens`` and ``weights`` sent) gives each datum's logprobs of its targets;
+        `gradients` turns them into the loss, ``dLoss / dlogprobs`` per datum and metrics (in
+        a worker thread, off the event loop); a ``cross_entropy`` forward_backward with
+        ``weights = -grad`` over the same chunks applies the step. Both phases' request ids
+        are reserved now, so later calls wait behind both; any failure in the chain poisons
+        this client (its reserved ids cannot be skipped).
+
+        Args:
+            data: the datums (checked here, before anything is sent).
+            gradients: ``logprobs (list of arrays shaped like each target_tokens) ->
+                SurrogateGradients``.
+            sdk_method: the name the requests are reported under.
+
+        Returns:
+            A Future of the backward phase's result: ``loss:sum`` is the loss,
+            ``surrogate_loss:sum`` the server's linear surrogate, plus the loss's metrics.
+
+        Example:
+            >>> def gradients(logprobs):  # the sum of the target logprobs, maximised
+            ...     grads = [np.full(lp.shape, -1.0, np.float32) for lp in logprobs]
+            ...     return SurrogateGradients(-sum(float(lp.sum()) for lp in logprobs), grads, {})
+            >>> tc.forward_backward_surrogate(data, gradients).result()  # doctest: +SKIP
+        """
+        forward_data = surrogate_forward_data(data)
+        validate_training_data(forward_data, "cross_entropy")
+        chunks = self._chunk(forward_data)
+        n = len(chunks)
+        ids = self._reserve_request_ids(2 * n)
+
+        async def run() -> ForwardBackwardOutput:
+            forward = await self._send_forward_backward(ids[:n], chunks, "cross_entropy", None,
+                                                        forward_only=True)
+            logprobs = [out["logprobs"].to_numpy() for out in forward.loss_fn_outputs]
+            result = await asyncio.to_thread(gradients, logprobs)
+            backward_chunks = split_like(surrogate_data(forward_data, result.grads), chunks)
+            backward = await self._send_forward_backward(ids[n:], backward_chunks,
+                                                         "cross_entropy", None,
+                                                         forward_only=False)
+            metrics = merge_custom_metrics(backward.metrics, result.loss, result.metrics)
+            return ForwardBackwardOutput(loss_fn_output_type=backward.loss_fn_output_type,
+                                         loss_fn_outputs=backward.loss_fn_outputs,
+                                         metrics=metrics)
+
+        return self._submit(run, request_ids=ids, sdk_method=sdk_method,
+                            poison_on_failure=True)
 
     def optim_step(self, optim_params: AdamParams | DimuonParams | None = None, *,
                    adam_params: AdamParams | None = None) -> Future[OptimStepResponse]:

@@ -428,3 +428,32 @@ def test_get_tokenizer_uses_the_info_tokenizer_id(tc, monkeypatch):
                         lambda tid, model_name=None: seen.append((tid, model_name)) or "tok")
     assert tc.get_tokenizer() == "tok" and tc.get_tokenizer() == "tok"
     assert seen == [("base/tok:1", "base/model")]  # loaded once
+
+
+def test_clients_own_the_state_of_their_custom_loss_terms(service):
+    """Two clients training with the same loss and adaptive term: each advances its own."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from regularizers import adaptive_kl
+
+    term = adaptive_kl(reference="ref", target_kl=0.01, horizon=10.0, init_coef=0.2)
+
+    def nll(logprobs, batch):
+        return -jnp.sum(logprobs * batch.mask), {}
+
+    data = [datum_from_tokens([1, 2, 3, 4])]
+    refs = [{"ref": np.zeros(3, np.float32) + 5.0}]  # far from any logprob: KL above target
+
+    def coef(client):
+        out = client.forward_backward_custom(data, nll, regularizers=[("kl", term, 1.0)],
+                                             datum_extras=refs).result(timeout=10)
+        return out.metrics["reg/kl/coef:mean"]
+
+    first = service.create_lora_training_client("base/model", rank=4).result(timeout=5)
+    second = service.create_lora_training_client("base/model", rank=4).result(timeout=5)
+    grown = [coef(first) for _ in range(3)]
+    assert grown[0] == pytest.approx(0.2) and grown[0] < grown[1] < grown[2]
+    assert coef(second) == pytest.approx(0.2)  # not the first client's state
+    assert len(first.loss_states) == len(second.loss_states) == 1
+    assert coef(first) > grown[2]  # and the first one's keeps advancing
