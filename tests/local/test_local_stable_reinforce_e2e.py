@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from local_support import TINY
 
+import losses
 import tinkex_jax
 from tinkex_jax.local import LocalServer, serve
 
@@ -96,6 +97,17 @@ def test_rl_loop_datums_give_the_same_loss_through_both_sdks(tiny_server: LocalS
                                                          beta2=0.95, eps=1e-8))
             out, metrics = fwd_bwd.result(), optim.result().metrics
             after = training.forward(data, "stable_reinforce").result()
+            for datum, seq, output in zip(data, result.sequences, out.loss_fn_outputs):
+                # the server's loss is losses.stable_reinforce on the sampler's logprobs
+                ob_len = prompt.length - 1
+                sampled = np.array([0.0] * ob_len + list(seq.logprobs), np.float32)
+                where = np.array([0.0] * ob_len + [1.0] * len(seq.tokens), np.float32)
+                expected = losses.stable_reinforce(
+                    output["logprobs"].to_numpy(), sampled,
+                    datum.loss_fn_inputs["advantages"].to_numpy(), where=where,
+                    reduction="none")
+                np.testing.assert_allclose(output["elementwise_loss"].to_numpy(),
+                                           np.asarray(expected), rtol=1e-5, atol=1e-6)
             seen[name] = {
                 "tokens": [list(s.tokens) for s in result.sequences],
                 "ids": [s.sequence_id for s in result.sequences],
