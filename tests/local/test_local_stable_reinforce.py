@@ -141,6 +141,10 @@ def test_a_valid_request_trains_and_names_the_recorded_sequences(
     before = fb_calls(backend)
     out = training.forward_backward(data, "stable_reinforce").result()
     assert fb_calls(backend) == before + 1 and len(out.loss_fn_outputs) == 2
+    # fresh samples from the same weights: on-policy, nothing capped or dropped
+    assert out.metrics["stable_reinforce/truncated_tokens:sum"] == 0
+    assert out.metrics["stable_reinforce/dropped_datums:sum"] == 0
+    assert out.metrics["stable_reinforce/max_abs_log_ratio:max"] < 1e-4
     training.optim_step(T.AdamParams(learning_rate=0.1)).result()
     # what the server handed the loss: the recorded logprobs at sampled positions only
     record = srv.engine.stability._entries[ids[0]].record

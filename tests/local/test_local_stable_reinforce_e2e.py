@@ -137,10 +137,11 @@ def test_rl_loop_datums_give_the_same_loss_through_both_sdks(tiny_server: LocalS
 
 
 def rl_run(server: LocalServer, loss_fn: str, seed: int, *, steps: int = 12,
-           learning_rate: float = 5e-3, prompts: int = 4, group: int = 4
-           ) -> tuple[list[float], list[float]]:
+           learning_rate: float = 5e-3, prompts: int = 4, group: int = 4,
+           metrics: list[dict[str, float]] | None = None) -> tuple[list[float], list[float]]:
     """A tiny RL task: continue ``xyz=`` with 6 tokens; the reward is the share of vowels.
-    Returns the mean reward and the optimizer's gradient norm of each step."""
+    Returns the mean reward and the optimizer's gradient norm of each step (and appends each
+    forward_backward's metrics to `metrics`)."""
     types = tinkex_jax.types
     service = tinkex_jax.ServiceClient(base_url=server.base_url, api_key="tml-sr-learn")
     rng = np.random.default_rng(seed)
@@ -166,10 +167,12 @@ def rl_run(server: LocalServer, loss_fn: str, seed: int, *, steps: int = 12,
                                          provenance=loss_fn == "stable_reinforce")
             rewards.append(float(np.mean(step_rewards)))
             if data:
-                training.forward_backward(data, loss_fn)
+                fwd_bwd = training.forward_backward(data, loss_fn)
                 optim = training.optim_step(types.AdamParams(learning_rate=learning_rate,
                                                              beta2=0.95))
                 grad_norms.append(optim.result().metrics["grad_norm:mean"])
+                if metrics is not None:
+                    metrics.append(fwd_bwd.result().metrics)
     finally:
         service.close("success")
     return rewards, grad_norms
@@ -182,8 +185,16 @@ def gain(rewards: list[float]) -> float:
 def test_stable_reinforce_learns_where_importance_sampling_does(
         tiny_server: LocalServer) -> None:
     seeds = (0, 1, 2, 3)
-    runs = {loss: [rl_run(tiny_server, loss, seed) for seed in seeds]
+    metrics: list[dict[str, float]] = []
+    runs = {loss: [rl_run(tiny_server, loss, seed, metrics=metrics) for seed in seeds]
             for loss in ("importance_sampling", "stable_reinforce")}
+    # on fresh samples the trained and the sampling logprobs agree up to float rounding:
+    # nothing is capped or dropped
+    reported = [m for m in metrics if "stable_reinforce/truncated_tokens:sum" in m]
+    assert len(reported) == len(metrics) // 2 > 0
+    assert all(m["stable_reinforce/truncated_tokens:sum"] == 0
+               and m["stable_reinforce/dropped_datums:sum"] == 0
+               and m["stable_reinforce/max_abs_log_ratio:max"] < 1e-3 for m in reported)
     for (is_rewards, is_norms), (sr_rewards, sr_norms) in zip(*runs.values()):
         # on-policy both are REINFORCE: the first (identical) batch gets the same gradient
         assert sr_norms[0] == pytest.approx(is_norms[0], rel=1e-3)
@@ -207,8 +218,15 @@ def noisy_server(tmp_path_factory: Any, jax_backend: Any) -> Iterator[LocalServe
 def test_stable_reinforce_stays_bounded_when_sampler_numerics_differ(
         noisy_server: LocalServer) -> None:
     seeds = tuple(range(8))
-    runs = {loss: [rl_run(noisy_server, loss, seed) for seed in seeds]
+    metrics: list[dict[str, float]] = []
+    runs = {loss: [rl_run(noisy_server, loss, seed, metrics=metrics) for seed in seeds]
             for loss in ("importance_sampling", "stable_reinforce")}
+    reported = [m for m in metrics if "stable_reinforce/dropped_datums:sum" in m]
+    # the cap and the trust band are what keep it bounded: both act on most steps
+    assert sum(m["stable_reinforce/truncated_tokens:sum"] > 0 for m in reported) > len(
+        reported) // 2
+    assert sum(m["stable_reinforce/dropped_datums:sum"] > 0 for m in reported) > len(
+        reported) // 2
     is_norms = [float(np.median(n)) for _, n in runs["importance_sampling"]]
     sr_norms = [float(np.median(n)) for _, n in runs["stable_reinforce"]]
     # importance weights exp(t - s) of noisy s are heavy-tailed, capped ones are not.

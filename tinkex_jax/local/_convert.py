@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -141,9 +141,11 @@ def training_items(request: ForwardBackwardRequest, info: BaseModelInfo
     return items, config
 
 
-def forward_backward_output(result: TrainResult, items: Sequence[TrainItem]
+def forward_backward_output(result: TrainResult, items: Sequence[TrainItem],
+                            extra_metrics: Mapping[str, float] | None = None
                             ) -> ForwardBackwardOutput:
-    """Per-datum ``logprobs`` and ``elementwise_loss`` plus ``name:reduction`` metrics.
+    """Per-datum ``logprobs`` and ``elementwise_loss`` plus ``name:reduction`` metrics
+    (``loss:sum``, ``num_tokens:sum`` and any `extra_metrics`).
 
     Example:
         >>> item = TrainItem(tokens=np.array([1, 2], np.int32), targets=np.array([2, 3]))
@@ -163,7 +165,8 @@ def forward_backward_output(result: TrainResult, items: Sequence[TrainItem]
                         "elementwise_loss": TensorData.from_numpy(loss)})
     tokens = float(sum(int(item.tokens.size) for item in items))
     return ForwardBackwardOutput(loss_fn_output_type="ArrayRecord", loss_fn_outputs=outputs,
-                                 metrics={"loss:sum": total, "num_tokens:sum": tokens})
+                                 metrics={"loss:sum": total, "num_tokens:sum": tokens,
+                                          **(extra_metrics or {})})
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -87,7 +87,12 @@ from ._errors import (
 from ._futures import JSON, PROTOBUF, FutureStore, Outcome, Payload
 from ._rest import checkpoint_json, iso_time, session_json, training_run_json
 from ._scheduler import Scheduler
-from ._stability import SequenceRecord, StabilityRecords, with_logprob_noise
+from ._stability import (
+    SequenceRecord,
+    StabilityRecords,
+    stability_metrics,
+    with_logprob_noise,
+)
 from ._storage import CheckpointRow, RunRow, SamplerRow, SessionRow, Storage
 
 __all__ = ["Engine"]
@@ -523,6 +528,7 @@ class Engine:
             return seen
         model = self._model(req.model_id)
         items, loss_config = training_items(req, self._base(model.run.base_model))
+        derived: list[dict[str, np.ndarray]] | None = None
         if LOSS_SPECS[req.loss_fn].needs_provenance:  # checked in full before anything runs
             derived = self.stability.resolve(model.run.session_id, req.data)
             items = [dataclasses.replace(item, inputs={**item.inputs, **extra})
@@ -537,7 +543,9 @@ class Engine:
             if not req.forward_only:
                 model.grads = self.backend.accumulate(model.grads, result.grads)
                 model.accumulated += len(items)
-            output = forward_backward_output(result, items)
+            extra = (None if derived is None
+                     else stability_metrics(derived, result.logprobs, loss_config))
+            output = forward_backward_output(result, items, extra)
             return Payload(encode_forward_backward_output(output), PROTOBUF)
 
         self.storage.touch_run(req.model_id)

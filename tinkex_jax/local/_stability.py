@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +47,7 @@ from ..types import Datum, PromptProvenanceSpan, SampledProvenanceSpan
 from ._backend import SampledRow
 from ._errors import NotFoundError, PermissionDeniedError, UserError
 
-__all__ = ["SequenceRecord", "StabilityRecords", "with_logprob_noise"]
+__all__ = ["SequenceRecord", "StabilityRecords", "stability_metrics", "with_logprob_noise"]
 
 _FORGOTTEN_LIMIT = 100_000
 _HOW_TO_RECORD = ("sample with a client created with record_stability_info=True "
@@ -348,3 +348,43 @@ def with_logprob_noise(rows: Sequence[SampledRow], std: float, seed: int) -> lis
         noise = np.random.default_rng([seed, i]).normal(0.0, std, logprobs.shape)
         out.append(dataclasses.replace(row, logprobs=(logprobs + noise).astype(np.float32)))
     return out
+
+
+def stability_metrics(inputs: Sequence[Mapping[str, np.ndarray]],
+                      logprobs: Sequence[np.ndarray],
+                      config: Mapping[str, float]) -> dict[str, float]:
+    """How far a ``stable_reinforce`` batch was from on-policy, as ``name:reduction`` metrics.
+
+    ``stable_reinforce/truncated_tokens:sum``: kept sampled tokens whose importance ratio was
+    capped at ``ratio_cap``; ``stable_reinforce/dropped_datums:sum``: datums left out because
+    their geometric-mean ratio left the trust band; ``stable_reinforce/max_abs_log_ratio:max``:
+    the largest ``|log p_train - log p_sampled|`` over sampled tokens.
+
+    Args:
+        inputs: Per datum, the derived inputs (``sampled_logprobs``, ``sampled_mask``).
+        logprobs: Per datum, the trained model's logprobs of the targets.
+        config: The resolved ``loss_fn_config``.
+
+    Example:
+        >>> derived = [{"sampled_logprobs": np.array([0.0, -1.0, -1.0]),
+        ...             "sampled_mask": np.array([0.0, 1.0, 1.0])}]
+        >>> cfg = {"ratio_cap": 2.0, "sequence_ratio_limit": 2.0, "kl_coeff": 0.0}
+        >>> stability_metrics(derived, [np.array([-3.0, -0.2, -1.1])], cfg)
+        {'stable_reinforce/truncated_tokens:sum': 1.0, 'stable_reinforce/dropped_datums:sum': 0.0, 'stable_reinforce/max_abs_log_ratio:max': 0.8}
+    """
+    truncated = dropped = 0
+    largest = 0.0
+    for derived, lp in zip(inputs, logprobs):
+        use = np.asarray(derived["sampled_mask"]).reshape(-1) != 0
+        if not use.any():
+            continue
+        rho = (np.asarray(lp, np.float64).reshape(-1)
+               - np.asarray(derived["sampled_logprobs"], np.float64).reshape(-1))[use]
+        largest = max(largest, float(np.abs(rho).max()))
+        if abs(float(rho.mean())) > np.log(config["sequence_ratio_limit"]):
+            dropped += 1
+        else:
+            truncated += int(np.count_nonzero(rho > np.log(config["ratio_cap"])))
+    return {"stable_reinforce/truncated_tokens:sum": float(truncated),
+            "stable_reinforce/dropped_datums:sum": float(dropped),
+            "stable_reinforce/max_abs_log_ratio:max": round(largest, 6)}
