@@ -261,7 +261,10 @@ def check_loss_inputs(
       data[0]: loss_fn 'ppo' requires loss_fn_inputs ['advantages', 'logprobs', 'target_tokens']
     """
     spec = LOSS_SPECS[loss_fn]
-    keys = set(input_keys)
+    keys = input_keys if isinstance(input_keys, Mapping | set | frozenset) else set(input_keys)
+    if "target_tokens" in keys and all(k in keys for k in spec.required_inputs) and (
+            allow_extra_inputs):
+        return  # the common case, without building any message
     given = sorted(keys)
     needed = sorted({"target_tokens", *spec.required_inputs})
     missing = [k for k in needed if k not in keys]
