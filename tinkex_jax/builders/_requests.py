@@ -10,8 +10,7 @@ from ..types import (
     ForwardBackwardRequest,
     ImageAssetPointerChunk,
     ImageChunk,
-    PromptProvenanceSpan,
-    SampledProvenanceSpan,
+    check_provenance,
 )
 from ._ids import seq_id_of
 from ._losses import check_datum_loss_inputs, validate_loss_config, wire_loss_spec
@@ -31,35 +30,15 @@ def _datum_length(datum: Datum, where: str) -> int | None:
     return datum.model_input.length
 
 
-def _check_spans(spans: Sequence[object], where: str, field: str, rows: int | None) -> None:
-    total = 0
-    for j, span in enumerate(spans):
-        at = f"{where}.{field}[{j}]"
-        if not isinstance(span, PromptProvenanceSpan | SampledProvenanceSpan):
-            raise invalid(at, "a PromptProvenanceSpan or SampledProvenanceSpan",
-                          f"<{type(span).__name__}>")
-        if not isinstance(span.sequence_id, str) or not span.sequence_id:
-            raise invalid(f"{at}.sequence_id", "the non-empty sequence_id of a sampled sequence",
-                          span.sequence_id, "use SampledSequence.sequence_id")
-        for name in ("offset", "length"):
-            value = getattr(span, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise invalid(f"{at}.{name}", "an int >= 0", value)
-        total += span.length
-    if rows is not None and total != rows:
-        raise invalid(f"{where}.{field}", f"spans whose lengths add up to {rows} (they tile "
-                      "the field: one span per run of positions, in order)",
-                      f"<spans covering {total} positions>",
-                      "build them with Datum.with_provenance, one span per prompt or sampled run")
-
-
 def check_provenance_tiling(datum: Datum, loss_fn: str, where: str = "data[0]") -> None:
     """Check that a datum carries provenance spans that tile its fields.
 
     Losses that need provenance (``stable_reinforce``) require both span lists: the
     ``model_input`` spans must cover every input position and the ``loss_fn_inputs`` spans
-    every row of ``target_tokens``, each span naming a sequence id and ``offset, length >= 0``.
-    Whether the named sequences exist and hold those tokens is the server's check.
+    every row of ``target_tokens`` (`tinkex_jax.types.check_provenance`, checked again here
+    because ``loss_fn_inputs`` may have been reassigned since the datum was built; each span
+    was checked when it was built). Whether the named sequences exist and hold those tokens
+    is the server's check.
 
     Raises:
         ValidationError: missing spans, a bad span, or spans that do not tile their field.
@@ -77,12 +56,7 @@ def check_provenance_tiling(datum: Datum, loss_fn: str, where: str = "data[0]") 
                       "sample with record_stability_info=True and attach "
                       "datum.with_provenance(model_input=[...], loss_fn_inputs=[...]) naming "
                       "each position's sampled sequence")
-    target = datum.loss_fn_inputs.get("target_tokens")
-    shape = tuple(target.shape or ()) if target is not None else ()
-    rows = int(shape[0]) if shape else None
-    _check_spans(datum.model_input_spans, where, "model_input_spans",
-                 _datum_length(datum, where))
-    _check_spans(datum.loss_fn_input_spans, where, "loss_fn_input_spans", rows)
+    check_provenance(datum, where)
 
 
 def validate_training_data(data: Sequence[Datum], loss_fn: str | None,

@@ -12,7 +12,7 @@ Example:
 """
 
 from ._audit import AuditEventType, AuditLogEntry, AuditLogResponse
-from ._base import WireStruct
+from ._base import FrozenDict, FrozenList, WireStruct
 from ._billing import (
     BillingEventInfo,
     BillingUsageEvent,
@@ -39,10 +39,12 @@ from ._custom_loss_types import (
 from ._datum import (
     KEY_DTYPES,
     Datum,
+    LossFnInputs,
     PromptProvenanceSpan,
     ProvenanceSpan,
     SampledProvenanceSpan,
     as_tensor_data,
+    check_provenance,
 )
 from ._dmel import DmelChunk
 from ._futures import (
@@ -263,6 +265,8 @@ __all__ = [
     "ForwardBackwardOutput",
     "ForwardBackwardRequest",
     "ForwardRequest",
+    "FrozenDict",
+    "FrozenList",
     "FutureCompletion",
     "FutureFailed",
     "FutureFinished",
@@ -288,6 +292,7 @@ __all__ = [
     "LoadWeightsRequest",
     "LoadWeightsResponse",
     "LoraConfig",
+    "LossFnInputs",
     "LossFnOutput",
     "LossFnType",
     "ModelData",
@@ -365,13 +370,14 @@ __all__ = [
     "UnhandledExceptionEvent",
     "UnloadModelRequest",
     "UnloadModelResponse",
-    "UserSearchOwner",
     "UntypedAPIFuture",
+    "UserSearchOwner",
     "WeightsInfoRequest",
     "WeightsInfoResponse",
     "WhoamiResponse",
     "WireStruct",
     "as_tensor_data",
+    "check_provenance",
     "numpy_dtype",
 ]
 
