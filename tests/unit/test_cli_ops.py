@@ -1,5 +1,5 @@
-"""The pure parts of the operations CLI (`tinkex_jax._cli_ops`): formatting, safe tar
-extraction, integrity checks, downloads over an `httpx.MockTransport`, and the parser."""
+"""The pure parts of the operations CLI (`tinkex_jax.cli`): formatting, safe tar extraction,
+integrity checks, downloads over an `httpx.MockTransport`, and the parser."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import base64
 import datetime as dt
 import doctest
 import hashlib
+import importlib
 import io
 import os
+import pkgutil
 import socket
 import tarfile
 from collections.abc import Callable, Iterator
@@ -19,22 +21,37 @@ from typing import Any
 import httpx
 import pytest
 
-import tinkex_jax._cli_ops as ops
-from tinkex_jax.cli import Command, build_parser, main
+import tinkex_jax.cli
+from tinkex_jax.cli import Command, archive, build_parser, connection, download, main, output
+from tinkex_jax.cli.arguments import parse_checkpoint_path
+from tinkex_jax.cli.errors import CLIError
 
 # ----------------------------------------------------------------------------- doctests
 
 
-def test_module_doctests() -> None:
-    result = doctest.testmod(ops, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 15
+CLI_MODULES = sorted(info.name for info in pkgutil.walk_packages(
+    tinkex_jax.cli.__path__, "tinkex_jax.cli.") if not info.name.endswith("__main__"))
+
+
+@pytest.mark.parametrize("name", CLI_MODULES)
+def test_module_doctests(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_every_cli_module_says_what_it_is_for() -> None:
+    assert len(CLI_MODULES) >= 14
+    for name in ["tinkex_jax.cli", *CLI_MODULES]:
+        doc = importlib.import_module(name).__doc__ or ""
+        assert "For:" in doc and "Not for:" in doc, name
 
 
 # ----------------------------------------------------------------------------- formatting
 
 
 def test_table_is_aligned_without_trailing_blanks() -> None:
-    text = ops.format_table(["A", "Long header", "C"], [["xxxx", "y", ""], ["z", "", "w"]])
+    text = output.format_table(["A", "Long header", "C"], [["xxxx", "y", ""], ["z", "", "w"]])
     lines = text.splitlines()
     assert lines == ["A     Long header  C", "xxxx  y", "z                  w"]
     assert all(line == line.rstrip() for line in lines)
@@ -42,12 +59,12 @@ def test_table_is_aligned_without_trailing_blanks() -> None:
 
 
 def test_properties_and_sizes_and_times() -> None:
-    assert ops.format_properties([("a", "1"), ("long key", "")]) == "a         1\nlong key"
-    assert [ops.format_size(n) for n in (0, 1023, 1024, 1536, 5 * 2**20)] == [
+    assert output.format_properties([("a", "1"), ("long key", "")]) == "a         1\nlong key"
+    assert [output.format_size(n) for n in (0, 1023, 1024, 1536, 5 * 2**20)] == [
         "0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 MiB"]
     naive = dt.datetime(2026, 5, 1, 12, 30)
     plus2 = dt.datetime(2026, 5, 1, 14, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
-    assert ops.format_time(naive) == ops.format_time(plus2) == "2026-05-01 12:30 UTC"
+    assert output.format_time(naive) == output.format_time(plus2) == "2026-05-01 12:30 UTC"
 
 
 def test_rows_of_runs_and_checkpoints() -> None:
@@ -59,19 +76,19 @@ def test_rows_of_runs_and_checkpoints() -> None:
                       expires_at=None)
     run = TrainingRun(training_run_id="r", base_model="m", model_owner="me", is_lora=True,
                       lora_rank=8, last_request_time=when, last_checkpoint=ckpt)
-    assert ops.run_rows([run]) == [["r", "m", "rank 8", "2026-01-01 00:00 UTC", "weights/a",
+    assert output.run_rows([run]) == [["r", "m", "rank 8", "2026-01-01 00:00 UTC", "weights/a",
                                     "no"]]
-    assert ops.checkpoint_rows([ckpt]) == [["weights/a", "training", "2.0 KiB", "yes",
+    assert output.checkpoint_rows([ckpt]) == [["weights/a", "training", "2.0 KiB", "yes",
                                             "2026-01-01 00:00 UTC", "never",
                                             "tinker://r/weights/a"]]
-    props = dict(ops.checkpoint_properties(ckpt, run))
+    props = dict(output.checkpoint_properties(ckpt, run))
     assert props["Base model"] == "m" and props["LoRA"] == "rank 8"
-    assert dict(ops.run_properties(run))["Last sampler checkpoint"] == "-"
+    assert dict(output.run_properties(run))["Last sampler checkpoint"] == "-"
 
 
 def test_progress_line_clamps() -> None:
-    assert "100%" in ops.progress_line("f", 20, 10, width=4)
-    assert ops.progress_line("f", 0, 10, width=4) == "f  [....]   0%  0 B / 10 B"
+    assert "100%" in output.progress_line("f", 20, 10, width=4)
+    assert output.progress_line("f", 0, 10, width=4) == "f  [....]   0%  0 B / 10 B"
 
 
 def test_collect_pages_stops_at_a_short_page() -> None:
@@ -81,13 +98,13 @@ def test_collect_pages_stops_at_a_short_page() -> None:
         calls.append((offset, n))
         return list(range(offset, min(offset + n, 5))), None
 
-    assert ops.collect_pages(fetch, 0, page_size=2) == ([0, 1, 2, 3, 4], None)
+    assert connection.collect_pages(fetch, 0, page_size=2) == ([0, 1, 2, 3, 4], None)
     assert calls == [(0, 2), (2, 2), (4, 2)]
 
 
 def test_download_dir_name_is_filename_safe() -> None:
-    parsed = ops.parse_checkpoint_path("tinker://s-1:train:0/sampler_weights/a b")
-    assert ops.download_dir_name(parsed) == "s-1_train_0_sampler_weights_a_b"
+    parsed = parse_checkpoint_path("tinker://s-1:train:0/sampler_weights/a b")
+    assert download.download_dir_name(parsed) == "s-1_train_0_sampler_weights_a_b"
 
 
 # ----------------------------------------------------------------------------- paths
@@ -96,14 +113,14 @@ def test_download_dir_name_is_filename_safe() -> None:
 @pytest.mark.parametrize("name", ["../x", "a/../../x", "a/..", "/etc/passwd", "\\\\host\\x",
                                   "C:\\Windows\\x", "c:/x", "", ".", "./", "a\x00b"])
 def test_unsafe_relative_paths_are_refused(name: str) -> None:
-    with pytest.raises(ops.UnsafePathError):
-        ops.safe_relative_path(name)
+    with pytest.raises(archive.UnsafePathError):
+        archive.safe_relative_path(name)
 
 
 def test_safe_relative_paths_are_normalised() -> None:
-    assert str(ops.safe_relative_path("a/./b//c.txt")) == "a/b/c.txt"
-    assert str(ops.safe_relative_path("a\\b")) == "a/b"
-    assert str(ops.safe_relative_path("..a/b..")) == "..a/b.."
+    assert str(archive.safe_relative_path("a/./b//c.txt")) == "a/b/c.txt"
+    assert str(archive.safe_relative_path("a\\b")) == "a/b"
+    assert str(archive.safe_relative_path("..a/b..")) == "..a/b.."
 
 
 # ----------------------------------------------------------------------------- tar extraction
@@ -156,13 +173,13 @@ def _untouched(sandbox: SimpleNamespace) -> bool:
 
 
 def test_benign_archive_extracts_files_dirs_and_inside_links(sandbox: SimpleNamespace) -> None:
-    archive = _tar(sandbox.root / "ok.tar.gz", [
+    tarball = _tar(sandbox.root / "ok.tar.gz", [
         _dir("model"), _file("model/adapter_config.json", b"{}"),
         _file("model/run.sh", b"#!/bin/sh\n", mode=0o4755),
         _link("model/latest.json", "adapter_config.json"),
         _link("copy.json", "model/adapter_config.json", tarfile.LNKTYPE),
         _file("./top.txt", b"t")], mode="w:gz")
-    names = ops.safe_extract_tar(archive, sandbox.dest)
+    names = archive.safe_extract_tar(tarball, sandbox.dest)
     assert names == ["model", "model/adapter_config.json", "model/run.sh",
                      "model/latest.json", "copy.json", "top.txt"]
     assert (sandbox.dest / "model" / "latest.json").read_text() == "{}"
@@ -199,9 +216,9 @@ MALICIOUS: dict[str, Callable[[Path], list[tuple[tarfile.TarInfo, bytes | None]]
 
 @pytest.mark.parametrize("case", sorted(MALICIOUS))
 def test_malicious_archives_are_refused(sandbox: SimpleNamespace, case: str) -> None:
-    archive = _tar(sandbox.root / "bad.tar", MALICIOUS[case](sandbox.root))
-    with pytest.raises(ops.UnsafePathError):
-        ops.safe_extract_tar(archive, sandbox.dest)
+    tarball = _tar(sandbox.root / "bad.tar", MALICIOUS[case](sandbox.root))
+    with pytest.raises(archive.UnsafePathError):
+        archive.safe_extract_tar(tarball, sandbox.dest)
     assert _untouched(sandbox)
 
 
@@ -213,23 +230,23 @@ def test_expected_digests_reads_the_usual_headers() -> None:
     sha = hashlib.sha256(data).digest()
     md5 = hashlib.md5(data).digest()
     b64 = base64.b64encode
-    assert ops.expected_digests({"Repr-Digest": f"sha-256=:{b64(sha).decode()}:"}) == {
+    assert download.expected_digests({"Repr-Digest": f"sha-256=:{b64(sha).decode()}:"}) == {
         "sha256": sha}
-    assert ops.expected_digests({"Digest": f"SHA-256={b64(sha).decode()}"}) == {"sha256": sha}
-    assert ops.expected_digests({"x-goog-hash": f"crc32c=AAAAAA==,md5={b64(md5).decode()}"}) \
+    assert download.expected_digests({"Digest": f"SHA-256={b64(sha).decode()}"}) == {"sha256": sha}
+    assert download.expected_digests({"x-goog-hash": f"crc32c=AAAAAA==,md5={b64(md5).decode()}"}) \
         == {"md5": md5}
-    assert ops.expected_digests({"Content-MD5": b64(md5).decode()}) == {"md5": md5}
-    assert ops.expected_digests({"x-amz-checksum-sha256": b64(sha).decode()}) == {
+    assert download.expected_digests({"Content-MD5": b64(md5).decode()}) == {"md5": md5}
+    assert download.expected_digests({"x-amz-checksum-sha256": b64(sha).decode()}) == {
         "sha256": sha}
-    assert ops.expected_digests({"digest": "sha-256=:bm90LWEtZGlnZXN0:"}) == {}  # wrong size
+    assert download.expected_digests({"digest": "sha-256=:bm90LWEtZGlnZXN0:"}) == {}  # wrong size
 
 
 def test_check_download_rejects_size_and_checksum_mismatches() -> None:
-    ops.check_download("f", None, 3, {}, {})
-    with pytest.raises(ops.CLIError, match="got 3 of 4 bytes"):
-        ops.check_download("f", 4, 3, {}, {})
-    with pytest.raises(ops.CLIError, match="sha256 checksum"):
-        ops.check_download("f", 3, 3, {"sha256": b"a"}, {"sha256": b"b"})
+    download.check_download("f", None, 3, {}, {})
+    with pytest.raises(CLIError, match="got 3 of 4 bytes"):
+        download.check_download("f", 4, 3, {}, {})
+    with pytest.raises(CLIError, match="sha256 checksum"):
+        download.check_download("f", 3, 3, {"sha256": b"a"}, {"sha256": b"b"})
 
 
 class _BrokenStream(httpx.SyncByteStream):
@@ -265,9 +282,9 @@ def test_fetch_all_checks_checksums_and_extracts_archives(tmp_path: Path) -> Non
         "/w": lambda: httpx.Response(200, content=weights,
                                      headers={"Repr-Digest": f"sha-256=:{digest}:"}),
         "/a": lambda: httpx.Response(200, content=buf.getvalue())})
-    files, size = ops.fetch_all(client, {"sub/adapter_model.safetensors": "https://h/w",
+    files, size = download.fetch_all(client, {"sub/adapter_model.safetensors": "https://h/w",
                                          "bundle.tar": "https://h/a"}, tmp_path,
-                                ops._Progress(io.StringIO(), False))
+                                output.Progress(io.StringIO(), False))
     assert files == ["extra/readme.md", "sub/adapter_model.safetensors"]
     assert size == len(weights) + len(buf.getvalue())
     assert (tmp_path / "sub/adapter_model.safetensors").read_bytes() == weights
@@ -277,16 +294,16 @@ def test_fetch_refuses_a_wrong_checksum_and_leaves_no_file(tmp_path: Path) -> No
     bad = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
     client = _client({"/w": lambda: httpx.Response(200, content=b"weights",
                                                    headers={"Digest": f"sha-256={bad}"})})
-    with pytest.raises(ops.CLIError, match="checksum"):
-        ops.fetch_file(client, "https://h/w", tmp_path / "w", label="w")
+    with pytest.raises(CLIError, match="checksum"):
+        download.fetch_file(client, "https://h/w", tmp_path / "w", label="w")
     assert _leftovers(tmp_path) == []
 
 
 def test_fetch_refuses_a_truncated_body_and_leaves_no_file(tmp_path: Path) -> None:
     client = _client({"/w": lambda: httpx.Response(
         200, headers={"Content-Length": "100"}, stream=httpx.ByteStream(b"x" * 40))})
-    with pytest.raises(ops.CLIError, match="got 40 of 100 bytes"):
-        ops.fetch_file(client, "https://h/w", tmp_path / "w", label="w")
+    with pytest.raises(CLIError, match="got 40 of 100 bytes"):
+        download.fetch_file(client, "https://h/w", tmp_path / "w", label="w")
     assert _leftovers(tmp_path) == []
 
 
@@ -298,24 +315,24 @@ def test_fetch_retries_a_reset_connection_then_gives_up_cleanly(tmp_path: Path) 
         return httpx.Response(200, headers={"Content-Length": "100"},
                               stream=_BrokenStream(b"x" * 10))
 
-    with pytest.raises(ops.CLIError, match="ReadError"):
-        ops.fetch_file(_client({"/w": broken}), "https://h/w", tmp_path / "w", label="w")
+    with pytest.raises(CLIError, match="ReadError"):
+        download.fetch_file(_client({"/w": broken}), "https://h/w", tmp_path / "w", label="w")
     assert len(attempts) == 3 and _leftovers(tmp_path) == []
 
 
 def test_fetch_reports_http_errors(tmp_path: Path) -> None:
     client = _client({"/w": lambda: httpx.Response(403, content=b"expired")})
-    with pytest.raises(ops.CLIError, match="HTTP 403"):
-        ops.fetch_file(client, "https://h/w", tmp_path / "w", label="w")
+    with pytest.raises(CLIError, match="HTTP 403"):
+        download.fetch_file(client, "https://h/w", tmp_path / "w", label="w")
     assert _leftovers(tmp_path) == []
 
 
 def test_fetch_all_refuses_unsafe_file_names(tmp_path: Path) -> None:
     client = _client({"/w": lambda: httpx.Response(200, content=b"x")})
     for name in ("../evil", "/etc/evil", "a/../../evil"):
-        with pytest.raises(ops.UnsafePathError):
-            ops.fetch_all(client, {name: "https://h/w"}, tmp_path / "staging",
-                          ops._Progress(io.StringIO(), False))
+        with pytest.raises(archive.UnsafePathError):
+            download.fetch_all(client, {name: "https://h/w"}, tmp_path / "staging",
+                          output.Progress(io.StringIO(), False))
     assert not (tmp_path / "evil").exists()
 
 
@@ -347,8 +364,8 @@ def test_download_cleans_up_after_a_truncated_file(tmp_path: Path) -> None:
         "/cut": lambda: httpx.Response(200, headers={"Content-Length": "50"},
                                        stream=httpx.ByteStream(b"x" * 7))})
     service = _FakeService({"a.json": "https://h/ok", "b.safetensors": "https://h/cut"})
-    with pytest.raises(ops.CLIError, match="cut short"):
-        ops.download_checkpoint(service, PATH, tmp_path / "out", http=client)  # type: ignore[arg-type]
+    with pytest.raises(CLIError, match="cut short"):
+        download.download_checkpoint(service, PATH, tmp_path / "out", http=client)  # type: ignore[arg-type]
     assert _leftovers(tmp_path / "out") == []
 
 
@@ -361,13 +378,13 @@ def test_download_force_replaces_only_after_success(tmp_path: Path) -> None:
     bad = _FakeService({"a.json": "https://h/gone"})
     client = _client({"/ok": lambda: httpx.Response(200, content=b"{}"),
                       "/gone": lambda: httpx.Response(404)})
-    with pytest.raises(ops.CLIError, match="already exists"):
-        ops.download_checkpoint(good, PATH, out, http=client)  # type: ignore[arg-type]
-    with pytest.raises(ops.CLIError, match="HTTP 404"):
-        ops.download_checkpoint(bad, PATH, out, force=True, http=client)  # type: ignore[arg-type]
+    with pytest.raises(CLIError, match="already exists"):
+        download.download_checkpoint(good, PATH, out, http=client)  # type: ignore[arg-type]
+    with pytest.raises(CLIError, match="HTTP 404"):
+        download.download_checkpoint(bad, PATH, out, force=True, http=client)  # type: ignore[arg-type]
     assert _leftovers(out) == ["run-1_external_weights_final",
                                "run-1_external_weights_final/old.txt"]
-    result = ops.download_checkpoint(good, PATH, out, force=True, http=client)  # type: ignore[arg-type]
+    result = download.download_checkpoint(good, PATH, out, force=True, http=client)  # type: ignore[arg-type]
     assert result.files == ["a.json"] and result.destination == target
     assert _leftovers(out) == ["run-1_external_weights_final",
                                "run-1_external_weights_final/a.json"]
@@ -456,14 +473,14 @@ def test_delete_without_yes_on_a_pipe_refuses(capsys: pytest.CaptureFixture[str]
 
 def test_progress_bar_draws_on_one_line_only_when_enabled() -> None:
     stream = io.StringIO()
-    bar = ops._Progress(stream, True)
+    bar = output.Progress(stream, True)
     bar.update("w", 5, 10)
     bar.update("w", 10, 10)
     bar.done()
     text = stream.getvalue()
     assert text.count("\r") == 2 and text.endswith("100%  10 B / 10 B\n")
     quiet = io.StringIO()
-    silent = ops._Progress(quiet, False)
+    silent = output.Progress(quiet, False)
     silent.update("w", 5, 10)
     silent.done()
     assert quiet.getvalue() == ""

@@ -1,0 +1,64 @@
+"""``tinkex demo``: fine-tune ``tinkex-jax/tiny`` offline to reverse words (the main job).
+
+For: the command line of the demo (its options and exit status). Not for: the demo itself,
+which is `tinkex_jax.demo`, imported only when the command runs.
+
+Example:
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> configure_demo(parser)
+    >>> parser.parse_args(["--steps", "3"]).steps
+    3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..command import Command
+
+__all__ = ["COMMAND", "cmd_demo", "configure_demo"]
+
+
+def configure_demo(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``tinkex demo`` (defaults from `tinkex_jax.demo.DemoConfig`)."""
+    from ...demo import DemoConfig
+
+    defaults = DemoConfig()
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seeds the words, the LoRA init and sampling (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=defaults.steps,
+                        help="optimizer steps (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="words per step (default %(default)s)")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                        help="peak AdamW learning rate, cosine-decayed (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=defaults.out_dir,
+                        help="directory for the loss-curve PNG (default %(default)s)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="keep the local backend's checkpoints here (default: a temporary "
+                             "directory, removed at the end)")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo; 2 for bad arguments."""
+    from ...demo import DemoConfig, run_demo
+    from ...errors import ValidationError
+
+    if args.steps < 1 or args.batch_size < 1:
+        print("tinkex demo: --steps and --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        run_demo(DemoConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+                            learning_rate=args.learning_rate, out_dir=args.out,
+                            data_dir=args.data_dir))
+    except ValidationError as exc:
+        print(f"tinkex demo: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+COMMAND = Command("demo", "fine-tune tinkex-jax/tiny offline to reverse words (the main job)",
+                  configure_demo, cmd_demo)
