@@ -1,28 +1,54 @@
-"""The examples in the docstrings of tinkex_jax.tokenizer and tinkex_jax.renderers run."""
+"""The examples in the docstrings of tinkex_jax.tokenizer (every module of the package) and
+tinkex_jax.renderers run, and each module lists its public definitions."""
 
 from __future__ import annotations
 
 import doctest
+import importlib
 import inspect
+import pkgutil
 
 import pytest
 
 import tinkex_jax.renderers
 import tinkex_jax.tokenizer
 
-
-@pytest.mark.parametrize("module", [tinkex_jax.tokenizer, tinkex_jax.renderers],
-                         ids=lambda m: m.__name__)
-def test_docstring_examples(module):
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 5 and result.failed == 0
+MODULES = ["tinkex_jax.tokenizer", "tinkex_jax.renderers",
+           *sorted(info.name for info in pkgutil.iter_modules(tinkex_jax.tokenizer.__path__,
+                                                              "tinkex_jax.tokenizer."))]
 
 
-@pytest.mark.parametrize("module", [tinkex_jax.tokenizer, tinkex_jax.renderers],
-                         ids=lambda m: m.__name__)
-def test_all_lists_every_public_definition(module):
-    assert all(hasattr(module, name) for name in module.__all__)
-    defined = {name for name, value in vars(module).items()
-               if not name.startswith("_") and inspect.isfunction(value) | inspect.isclass(value)
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+
+
+def test_the_examples_exist() -> None:
+    attempted = {name: doctest.testmod(importlib.import_module(name)).attempted
+                 for name in MODULES}
+    assert attempted["tinkex_jax.renderers"] > 5
+    assert sum(n for name, n in attempted.items() if name.startswith("tinkex_jax.tokenizer")) > 20
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_all_lists_every_public_definition(name: str) -> None:
+    module = importlib.import_module(name)
+    assert all(hasattr(module, n) for n in module.__all__)
+    defined = {n for n, value in vars(module).items()
+               if not n.startswith("_") and inspect.isfunction(value) | inspect.isclass(value)
                and value.__module__ == module.__name__}
     assert defined <= set(module.__all__)
+
+
+def test_the_package_exports_its_public_api() -> None:
+    assert sorted(tinkex_jax.tokenizer.__all__) == [
+        "KIMI_PAT_STR", "LLAMA3_TOKENIZER_ID", "PRESETS_ROOT", "PRESET_PREFIX", "Tokenizer",
+        "TokenizerDownloadError", "byte_tokenizer", "clear_tokenizer_cache",
+        "find_preset_tokenizer", "get_tokenizer", "hf_hub_cache_dir", "hub_tokenizer_id"]
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if m != "tinkex_jax.renderers"])
+def test_every_module_says_what_it_is_for(name: str) -> None:
+    doc = importlib.import_module(name).__doc__ or ""
+    assert "For:" in doc and "Not for:" in doc
