@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import invalid
 from ..types import (
     Datum,
+    DmelChunk,
     EncodedTextChunk,
     ForwardBackwardOutput,
     ImageAssetPointerChunk,
@@ -34,16 +35,19 @@ METRIC_REDUCTIONS = ("sum", "mean", "min", "max", "slack", "hash2", "unique")
 _MASK64 = (1 << 64) - 1
 
 
-def _chunk_bytes(chunk: EncodedTextChunk | ImageChunk | ImageAssetPointerChunk) -> int:
+def _chunk_bytes(chunk: EncodedTextChunk | ImageChunk | ImageAssetPointerChunk | DmelChunk
+                 ) -> int:
     if isinstance(chunk, EncodedTextChunk):
         return 4 * chunk.length
     if isinstance(chunk, ImageChunk):
         return len(chunk.data)
+    if isinstance(chunk, DmelChunk):
+        return len(chunk.dmel)
     return len(chunk.location)
 
 
 def estimate_datum_bytes(datum: Datum) -> int:
-    """Estimated request bytes of a datum: 4 per token, image bytes, tensor bytes.
+    """Estimated request bytes of a datum: 4 per token, image and dmel bytes, tensor bytes.
 
     Example:
         >>> from tinkex_jax.builders import datum_from_tokens
@@ -55,7 +59,7 @@ def estimate_datum_bytes(datum: Datum) -> int:
 
 
 def estimate_sample_bytes(request: SampleRequest) -> int:
-    """Estimated bytes of a sampling prompt (10 per token, image bytes, pointer length)."""
+    """Estimated bytes of a sampling prompt (10 per token, image and dmel bytes, pointer length)."""
     total = 0
     for chunk in request.prompt.chunks:
         total += 10 * chunk.length if isinstance(chunk, EncodedTextChunk) else _chunk_bytes(chunk)

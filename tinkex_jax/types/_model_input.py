@@ -1,4 +1,4 @@
-"""ModelInput and its tagged chunk union (encoded_text, image, image_asset_pointer)."""
+"""ModelInput and its tagged chunk union (encoded_text, image, image_asset_pointer, dmel)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy.typing as npt
 
 from ..errors import invalid
 from ._base import FrozenList, WireStruct, force_set, is_array_like, readonly_array
+from ._dmel import DmelChunk
 
 __all__ = [
     "EncodedTextChunk",
@@ -169,7 +170,7 @@ class ImageAssetPointerChunk(WireStruct, frozen=True, kw_only=True, tag="image_a
         return self.expected_tokens
 
 
-ModelInputChunk = EncodedTextChunk | ImageChunk | ImageAssetPointerChunk
+ModelInputChunk = EncodedTextChunk | ImageChunk | ImageAssetPointerChunk | DmelChunk
 
 
 class ModelInput(WireStruct, frozen=True, kw_only=True):
@@ -196,9 +197,11 @@ class ModelInput(WireStruct, frozen=True, kw_only=True):
                           "build inputs with ModelInput.from_ints(tokens)")
         chunks = FrozenList(self.chunks)
         for i, chunk in enumerate(chunks):
-            if not isinstance(chunk, EncodedTextChunk | ImageChunk | ImageAssetPointerChunk):
+            if not isinstance(chunk, EncodedTextChunk | ImageChunk | ImageAssetPointerChunk
+                              | DmelChunk):
                 raise invalid(f"ModelInput.chunks[{i}]",
-                              "an EncodedTextChunk, ImageChunk or ImageAssetPointerChunk",
+                              "an EncodedTextChunk, ImageChunk, ImageAssetPointerChunk or "
+                              "DmelChunk",
                               f"<{type(chunk).__name__}>",
                               "build inputs with ModelInput.from_ints(tokens)")
         force_set(self, "chunks", chunks)

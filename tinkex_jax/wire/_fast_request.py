@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import invalid
 from ..types import (
     Datum,
+    DmelChunk,
     EncodedTextChunk,
     ForwardBackwardRequest,
     ImageChunk,
@@ -155,7 +156,10 @@ def _chunk(chunk: Any, where: str) -> Message:
         if chunk.expected_tokens is not None:
             image = _join(image, _varint_msg(3, chunk.expected_tokens, always=True))
         return _wrap(2, image)
-    raise invalid(where, "token or image-bytes chunks (training cannot fetch image pointers)",
+    if isinstance(chunk, DmelChunk):  # serialized tensor bytes, passed through untouched
+        return _wrap(3, _field(1, chunk.dmel))
+    raise invalid(where, "token, image-bytes or dmel chunks (training cannot fetch image "
+                  "pointers)",
                   f"<{type(chunk).__name__}>", "load the image and send an ImageChunk")
 
 

@@ -24,12 +24,13 @@ import numpy as np
 from ..errors import APIResponseValidationError, invalid
 from ..types import (
     Datum,
+    DmelChunk,
     EncodedTextChunk,
     ForwardBackwardOutput,
     ForwardBackwardRequest,
-    ImageAssetPointerChunk,
     ImageChunk,
     ModelInput,
+    ModelInputChunk,
     PromptAltTokens,
     PromptProvenanceSpan,
     ProvenanceSpan,
@@ -144,7 +145,7 @@ def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
             config[key] = value.number
     data = []
     for i, d in enumerate(msg.data):
-        chunks: list[EncodedTextChunk | ImageChunk | ImageAssetPointerChunk] = []
+        chunks: list[ModelInputChunk] = []
         for c in d.model_input:
             kind = c.WhichOneof("chunk")
             if kind == "encoded_text":
@@ -154,8 +155,11 @@ def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
                     data=c.image.data, format=c.image.format,
                     expected_tokens=c.image.expected_tokens
                     if c.image.HasField("expected_tokens") else None))
+            elif kind == "dmel":
+                chunks.append(DmelChunk(dmel=c.dmel.dmel))
             else:
-                raise invalid(f"data[{i}].model_input", "text or image chunks", kind or "<empty>")
+                raise invalid(f"data[{i}].model_input", "text, image or dmel chunks",
+                              kind or "<empty>")
         inputs = {key: tensor_from_proto(t, f"data[{i}].loss_fn_inputs[{key!r}]")
                   for key, t in d.loss_fn_inputs.items()}
         spans_in = [_span_from_proto(s, f"data[{i}].model_input_spans[{j}]")
