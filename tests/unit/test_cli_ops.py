@@ -22,6 +22,8 @@ import httpx
 import pytest
 
 import tinkex_jax.cli
+from tinkex_jax._shell import FakeTime
+from tinkex_jax._shell._retry import base_retry_delay
 from tinkex_jax.cli import Command, archive, build_parser, connection, download, main, output
 from tinkex_jax.cli.arguments import parse_checkpoint_path
 from tinkex_jax.cli.errors import CLIError
@@ -309,6 +311,7 @@ def test_fetch_refuses_a_truncated_body_and_leaves_no_file(tmp_path: Path) -> No
 
 def test_fetch_retries_a_reset_connection_then_gives_up_cleanly(tmp_path: Path) -> None:
     attempts: list[int] = []
+    fake = FakeTime()
 
     def broken() -> httpx.Response:
         attempts.append(1)
@@ -316,8 +319,10 @@ def test_fetch_retries_a_reset_connection_then_gives_up_cleanly(tmp_path: Path) 
                               stream=_BrokenStream(b"x" * 10))
 
     with pytest.raises(CLIError, match="ReadError"):
-        download.fetch_file(_client({"/w": broken}), "https://h/w", tmp_path / "w", label="w")
+        download.fetch_file(_client({"/w": broken}), "https://h/w", tmp_path / "w", label="w",
+                            runtime=fake.runtime)
     assert len(attempts) == 3 and _leftovers(tmp_path) == []
+    assert fake.delays == [base_retry_delay(0, 0.5), base_retry_delay(1, 0.5)]
 
 
 def test_fetch_reports_http_errors(tmp_path: Path) -> None:
@@ -367,6 +372,82 @@ def test_download_cleans_up_after_a_truncated_file(tmp_path: Path) -> None:
     with pytest.raises(CLIError, match="cut short"):
         download.download_checkpoint(service, PATH, tmp_path / "out", http=client)  # type: ignore[arg-type]
     assert _leftovers(tmp_path / "out") == []
+
+
+def _sequence(*answers: Callable[[], httpx.Response]) -> Callable[[], httpx.Response]:
+    """A route that gives `answers` in turn, then repeats the last one."""
+    queue = list(answers)
+
+    def answer() -> httpx.Response:
+        return (queue.pop(0) if len(queue) > 1 else queue[0])()
+
+    return answer
+
+
+WEIGHTS = b"w" * 64
+
+
+def _whole() -> httpx.Response:
+    digest = base64.b64encode(hashlib.sha256(WEIGHTS).digest()).decode()
+    return httpx.Response(200, content=WEIGHTS, headers={"Repr-Digest": f"sha-256=:{digest}:"})
+
+
+def _cut() -> httpx.Response:
+    return httpx.Response(200, headers={"Content-Length": "64"}, stream=_BrokenStream(b"w" * 10))
+
+
+@pytest.mark.parametrize("first, delays", [
+    ([lambda: httpx.Response(503), _cut], [base_retry_delay(0, 0.5), base_retry_delay(1, 0.5)]),
+    ([lambda: httpx.Response(502)], [base_retry_delay(0, 0.5)]),
+    ([lambda: httpx.Response(429, headers={"retry-after": "4"})], [4.0]),
+], ids=["5xx then a dropped connection", "502", "429 with Retry-After"])
+def test_download_retries_transient_failures_with_the_shared_policy(
+        tmp_path: Path, first: list[Callable[[], httpx.Response]], delays: list[float]) -> None:
+    calls: list[int] = []
+    route = _sequence(*first, _whole)
+
+    def counted() -> httpx.Response:
+        calls.append(1)
+        return route()
+
+    fake = FakeTime()
+    service = _FakeService({"adapter_model.safetensors": "https://h/w"})
+    result = download.download_checkpoint(  # type: ignore[arg-type]
+        service, PATH, tmp_path / "out", http=_client({"/w": counted}), runtime=fake.runtime)
+    assert (result.destination / "adapter_model.safetensors").read_bytes() == WEIGHTS
+    assert len(calls) == len(first) + 1
+    # The waits of the SDK's base policy: jittered backoff, or the server's Retry-After.
+    assert fake.delays == delays
+    assert _leftovers(tmp_path / "out") == [
+        "run-1_external_weights_final", "run-1_external_weights_final/adapter_model.safetensors"]
+
+
+@pytest.mark.parametrize("status", [404, 403])
+def test_download_does_not_retry_a_404_or_403(tmp_path: Path, status: int) -> None:
+    calls: list[int] = []
+
+    def gone() -> httpx.Response:
+        calls.append(status)
+        return httpx.Response(status)
+
+    fake = FakeTime()
+    service = _FakeService({"a.json": "https://h/gone"})
+    with pytest.raises(CLIError, match=f"HTTP {status}"):
+        download.download_checkpoint(service, PATH, tmp_path / "out",  # type: ignore[arg-type]
+                                     http=_client({"/gone": gone}), runtime=fake.runtime)
+    assert calls == [status] and fake.delays == []
+    assert _leftovers(tmp_path / "out") == []
+
+
+def test_download_errors_hide_the_url_signature(tmp_path: Path) -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"refused {request.url}")
+
+    client = httpx.Client(transport=httpx.MockTransport(refused))
+    with pytest.raises(CLIError) as info:
+        download.fetch_file(client, "https://h/w?X-Amz-Signature=abcdef0123456789", tmp_path / "w",
+                            label="w", runtime=FakeTime().runtime)
+    assert "abcdef0123456789" not in str(info.value) and "<redacted>" in str(info.value)
 
 
 def test_download_force_replaces_only_after_success(tmp_path: Path) -> None:

@@ -7,8 +7,9 @@ comes from here is `Future` (re-exported as ``tinkex_jax.Future``).
 from ._auth import CredentialAuth, JwtCore, whoami_from_jwt
 from ._config import LOCAL_API_KEY, Secret, Settings, join_url, resolve_settings
 from ._constants import ENDPOINTS, PACKAGE_VERSION, PROTOCOL_VERSION, Endpoint
+from ._fetch import describe_error, get_file, write_body
 from ._future import Future
-from ._http import SDK_METHOD, HttpCore, build_async_client
+from ._http import SDK_METHOD, HttpCore, build_async_client, build_download_client
 from ._instrument import as_sdk_method, current_outer_method, instrument_async
 from ._ordering import TurnSequencer
 from ._polling import QueueStateLogger, retrieve_future
@@ -37,11 +38,15 @@ __all__ = [
     "TurnSequencer",
     "as_sdk_method",
     "build_async_client",
+    "build_download_client",
     "current_outer_method",
+    "describe_error",
+    "get_file",
     "instrument_async",
     "join_url",
     "resolve_settings",
     "retrieve_future",
     "shadow_shell",
     "whoami_from_jwt",
+    "write_body",
 ]

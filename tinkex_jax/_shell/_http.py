@@ -1,6 +1,7 @@
 """The HTTP layer: one `httpx.AsyncClient`, the credential auth flow (`_auth`), default
 headers, the JWT exchange of PROTOCOL.md §1.3 and the base-client retry loop of §6.1 (plus
-the bare-400 proxy quirk of §6.5).
+the bare-400 proxy quirk of §6.5); and the plain synchronous client of file downloads, built
+with the same network options (`build_download_client`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ from ._auth import (
 from ._config import Settings, join_url, platform_headers
 from ._constants import ENDPOINTS, PROTOCOL_VERSION
 from ._errors import SecretSet, connection_error, status_error
-from ._retry import ProxyRejectBudget, base_retry_delay, parse_retry_after, should_retry_status
+from ._retry import BaseRetries, ProxyRejectBudget
 from ._runtime import Runtime
 
 __all__ = [
+    "DOWNLOAD_TIMEOUT",
     "SDK_METHOD",
     "HttpCore",
     "build_async_client",
+    "build_download_client",
     "configure_logging",
     "default_headers",
 ]
@@ -60,6 +63,19 @@ def default_headers(settings: Settings) -> dict[str, str]:
     return headers
 
 
+#: Timeouts of a file download: long reads (large files), short connects.
+DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+
+
+def _network_options(settings: Settings | None, custom_transport: bool) -> dict[str, Any]:
+    """How every client of the SDK reaches the network: redirects followed, the proxy really
+    passed to httpx (none over a custom transport), ``trust_env`` as configured."""
+    proxy = (settings.proxy.reveal() if settings is not None and settings.proxy is not None
+             else None)
+    return {"follow_redirects": True, "proxy": None if custom_transport else proxy,
+            "trust_env": settings.trust_env if settings is not None else True}
+
+
 def build_async_client(settings: Settings, *,
                        transport: httpx.AsyncBaseTransport | None = None,
                        auth: httpx.Auth | None = None) -> httpx.AsyncClient:
@@ -70,18 +86,37 @@ def build_async_client(settings: Settings, *,
     ``NO_PROXY``. A custom `transport` (tests, ASGI apps) replaces the network stack. `auth`
     defaults to a `CredentialAuth` over the settings' credential.
     """
-    proxy = settings.proxy.reveal() if settings.proxy is not None else None
     return httpx.AsyncClient(
         auth=auth if auth is not None else CredentialAuth(primary_source(settings)),
         headers=default_headers(settings),
         timeout=settings.timeout,
         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=20),
-        follow_redirects=True,
         http2=transport is None and importlib.util.find_spec("h2") is not None,
-        proxy=proxy if transport is None else None,
         transport=transport,
-        trust_env=settings.trust_env,
+        **_network_options(settings, transport is not None),
     )
+
+
+def build_download_client(settings: Settings | None = None, *,
+                          transport: httpx.BaseTransport | None = None,
+                          headers: Mapping[str, str] | None = None,
+                          timeout: httpx.Timeout = DOWNLOAD_TIMEOUT) -> httpx.Client:
+    """A synchronous `httpx.Client` for downloading files (checkpoint files, tokenizers).
+
+    It reaches the network as the shell's client does (proxy, ``trust_env``, redirects;
+    `settings` None means the defaults: no explicit proxy, environment trusted), but carries
+    no Tinker credential and none of the Tinker headers: download URLs point at other hosts
+    (storage, the Hugging Face Hub), so only the `headers` given are sent. Retry its GETs
+    with `tinkex_jax._shell._fetch.get_file`.
+
+    Example:
+        >>> client = build_download_client(transport=httpx.MockTransport(
+        ...     lambda request: httpx.Response(200, content=b"ok")))
+        >>> client.get("https://files.example/a").content, "authorization" in client.headers
+        (b'ok', False)
+    """
+    return httpx.Client(headers=dict(headers or {}), timeout=timeout, transport=transport,
+                        **_network_options(settings, transport is not None))
 
 
 def configure_logging(settings: Settings) -> None:
@@ -256,30 +291,31 @@ class HttpCore:
         base_headers.update(headers or {})
         clean_params = {k: v for k, v in (params or {}).items() if v is not None}
 
-        attempt = 0
+        retry = BaseRetries(retries, self.runtime)
         while True:
-            request_headers = {**base_headers, "x-stainless-retry-count": str(attempt)}
+            request_headers = {**base_headers, "x-stainless-retry-count": str(retry.taken)}
             try:
                 response = await self.client.request(
                     method, url, content=content, params=clean_params or None,
                     headers=request_headers, timeout=request_timeout,
                     extensions=dict(extensions) if extensions else None)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                if attempt < retries:
+                delay = retry.after_no_answer()
+                if delay is not None:
                     self._warn_retry(f"{method} /api/v1/{path}: {type(exc).__name__}")
-                    await self.runtime.sleep(base_retry_delay(attempt, self.runtime.random()))
-                    attempt += 1
+                    await self.runtime.sleep(delay)
                     continue
                 raise connection_error(exc, method=method, url=url, sdk_method=sdk_method,
-                                       secrets=self.secrets, attempts=attempt + 1) from None
+                                       secrets=self.secrets, attempts=retry.taken + 1) from None
             status = response.status_code
             self._log_deprecation(response)
             if status == 400 and not response.content and self.proxy_rejects.take():
-                # An empty-bodied 400 comes from a proxy in front of the server (§6.5).
-                if attempt < retries:
+                # An empty-bodied 400 comes from a proxy in front of the server (§6.5); it is
+                # retried like a request that got no answer.
+                delay = retry.after_no_answer()
+                if delay is not None:
                     self._warn_retry(f"{method} /api/v1/{path}: empty HTTP 400 from a proxy")
-                    await self.runtime.sleep(base_retry_delay(attempt, self.runtime.random()))
-                    attempt += 1
+                    await self.runtime.sleep(delay)
                     continue
                 where = sdk_method or "tinkex_jax"
                 raise APIConnectionError(
@@ -290,13 +326,10 @@ class HttpCore:
             if response.is_success:
                 self.proxy_rejects.replenish()
                 return response
-            if attempt < retries and should_retry_status(status, response.headers):
-                delay = parse_retry_after(response.headers, self.runtime.wall())
-                if delay is None:
-                    delay = base_retry_delay(attempt, self.runtime.random())
+            delay = retry.after_status(status, response.headers)
+            if delay is not None:
                 self._warn_retry(f"{method} /api/v1/{path}: HTTP {status}")
                 await self.runtime.sleep(delay)
-                attempt += 1
                 continue
             if not check_status:
                 return response

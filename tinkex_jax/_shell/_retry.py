@@ -1,4 +1,6 @@
-"""Retry schedules of PROTOCOL.md §5.2 and §6 as pure functions, plus the two retry loops.
+"""Retry schedules of PROTOCOL.md §5.2 and §6 as pure functions, the base policy of §6.1 as
+explicit per-request state (`BaseRetries`: the API requests of `HttpCore` and the file
+downloads of `tinkex_jax._shell._fetch` both follow it), plus the holder retry loop.
 
 Example:
     >>> [base_retry_delay(k, 0.0) for k in range(6)]
@@ -22,6 +24,7 @@ from ._runtime import Runtime
 
 __all__ = [
     "HOLDER_RETRY_BUDGET",
+    "BaseRetries",
     "BillingPause",
     "ProxyRejectBudget",
     "base_retry_delay",
@@ -102,6 +105,50 @@ def parse_retry_after(headers: Mapping[str, str], now: dt.datetime) -> float | N
 def base_retry_delay(retries_taken: int, u: float) -> float:
     """Base-client delay ``min(0.5 * 2**k, 10) * (1 - 0.25 * u)`` with ``u`` in [0, 1)."""
     return min(0.5 * 2.0 ** retries_taken, 10.0) * (1.0 - 0.25 * u)
+
+
+class BaseRetries:
+    """The base retry policy of §6.1 for one logical request, as explicit state.
+
+    After each failed try the caller asks what to do: `after_no_answer` (a timeout, a refused
+    or dropped connection) or `after_status` (an error answer). Each returns the seconds to
+    wait before the next try, or None when the request must fail now: after `max_retries`
+    retries, or for a status the policy does not retry (see `should_retry_status`). Waits are
+    ``retry-after(-ms)`` when the server asks for one (up to 60 s), else `base_retry_delay`
+    with jitter from ``runtime.random``. `taken` counts the retries granted so far.
+
+    Example:
+        >>> fake = Runtime(random=lambda: 0.0)
+        >>> retry = BaseRetries(2, fake)
+        >>> retry.after_status(404, {}), retry.after_status(503, {}), retry.after_no_answer()
+        (None, 0.5, 1.0)
+        >>> retry.after_status(503, {}), retry.taken
+        (None, 2)
+        >>> BaseRetries(2, fake).after_status(429, {"retry-after": "3"})
+        3.0
+    """
+
+    def __init__(self, max_retries: int, runtime: Runtime) -> None:
+        self.max_retries = max_retries
+        self.runtime = runtime
+        self.taken = 0
+
+    def _grant(self, delay: float | None) -> float:
+        self.taken += 1
+        return base_retry_delay(self.taken - 1, self.runtime.random()) if delay is None else delay
+
+    def after_no_answer(self) -> float | None:
+        """The wait before retrying a try that got no answer; None: give up."""
+        if self.taken >= self.max_retries:
+            return None
+        return self._grant(None)
+
+    def after_status(self, status: int, headers: Mapping[str, str]) -> float | None:
+        """The wait before retrying an error answer; None: it is final (not retryable, or no
+        retries left)."""
+        if self.taken >= self.max_retries or not should_retry_status(status, headers):
+            return None
+        return self._grant(parse_retry_after(headers, self.runtime.wall()))
 
 
 def holder_retry_delay(attempt: int) -> float:

@@ -2,7 +2,8 @@
 
 ``sleep`` is used by every retry and backoff; ``tick`` by the periodic background loops
 (heartbeat, telemetry flush, config refresh), so a test can record retry delays without
-making the background loops spin.
+making the background loops spin; ``block`` is the blocking sleep of the synchronous retry
+loop of file downloads (`tinkex_jax._shell._fetch`).
 
 Example:
     >>> import asyncio
@@ -37,6 +38,7 @@ class Runtime:
         clock: Monotonic seconds.
         random: Uniform float in [0, 1) (retry jitter).
         wall: Current UTC time (Retry-After dates, telemetry timestamps).
+        block: Blocking sleep used by the retries of synchronous file downloads.
     """
 
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -44,13 +46,15 @@ class Runtime:
     clock: Callable[[], float] = time.monotonic
     random: Callable[[], float] = _random.random
     wall: Callable[[], dt.datetime] = _utcnow
+    block: Callable[[float], None] = time.sleep
 
 
 REAL_RUNTIME = Runtime()
 
 
 class FakeTime:
-    """A controllable clock for tests: `sleep` records the delay and advances the clock.
+    """A controllable clock for tests: `sleep` (and `block`) record the delay and advance the
+    clock.
 
     Background loops get a `tick` that waits forever unless ``ticks=True``, in which case it
     behaves like `sleep` but is recorded separately in ``ticks``.
@@ -64,7 +68,7 @@ class FakeTime:
         self._random_value = random_value
         self._run_ticks = ticks
         self.runtime = Runtime(sleep=self._sleep, tick=self._tick, clock=self._clock,
-                               random=self._random, wall=self._wall)
+                               random=self._random, wall=self._wall, block=self._block)
 
     def _clock(self) -> float:
         return self.now
@@ -79,6 +83,10 @@ class FakeTime:
         self.delays.append(seconds)
         self.now += seconds
         await asyncio.sleep(0)
+
+    def _block(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        self.now += seconds
 
     async def _tick(self, seconds: float) -> None:
         if not self._run_ticks:

@@ -11,11 +11,18 @@ Example:
     >>> args = parser.parse_args(["--json", "--base-url", "http://127.0.0.1:8000"])
     >>> args.json, args.base_url, args.api_key
     (True, 'http://127.0.0.1:8000', None)
+    >>> non_negative("0"), positive("3")
+    (0, 3)
+    >>> positive("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected an int >= 1, got 0
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import CLIError
@@ -42,32 +49,25 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     add_output_option(parser)
 
 
-def non_negative(text: str) -> int:
-    """An ``argparse`` type: an int >= 0.
+def _int_at_least(minimum: int, name: str) -> Callable[[str], int]:
+    """An ``argparse`` type: an int >= `minimum`; `name` is how argparse calls it when the
+    text is no int at all (``invalid <name> value: 'x'``)."""
 
-    Example:
-        >>> non_negative("0")
-        0
-    """
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value}")
-    return value
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    return parse
 
 
-def positive(text: str) -> int:
-    """An ``argparse`` type: an int >= 1.
+non_negative = _int_at_least(0, "_non_negative")
+"""An ``argparse`` type: an int >= 0 (``non_negative("0") == 0``)."""
 
-    Example:
-        >>> positive("0")
-        Traceback (most recent call last):
-        ...
-        argparse.ArgumentTypeError: expected an int >= 1, got 0
-    """
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
-    return value
+positive = _int_at_least(1, "_positive")
+"""An ``argparse`` type: an int >= 1 (``positive("0")`` raises ``ArgumentTypeError``)."""
 
 
 def parse_checkpoint_path(text: str) -> ParsedCheckpointTinkerPath:

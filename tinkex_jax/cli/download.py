@@ -23,6 +23,7 @@ import re
 import shutil
 import sys
 import tempfile
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from .output import Progress
 if TYPE_CHECKING:
     import httpx
 
+    from .._shell import Runtime
     from ..clients import RestClient, ServiceClient
     from ..types import ParsedCheckpointTinkerPath
 
@@ -54,8 +56,6 @@ __all__ = [
 #: How long the temporary export behind a ``checkpoint download`` lives if it cannot be
 #: deleted afterwards (seconds).
 EXPORT_TTL_SECONDS = 3600
-_CHUNK = 1 << 20
-_DOWNLOAD_ATTEMPTS = 3
 
 
 def download_dir_name(parsed: ParsedCheckpointTinkerPath) -> str:
@@ -161,36 +161,14 @@ def _content_length(headers: Mapping[str, str]) -> int | None:
     return int(value) if value is not None and value.strip().isdigit() else None
 
 
-def _fetch_once(http: httpx.Client, url: str, dest: Path, label: str,
-                progress: Progress) -> int:
-    with http.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response:
-        if response.status_code != 200:
-            raise CLIError(f"{label}: the download URL answered HTTP {response.status_code}. "
-                           "Fix: run the command again (download URLs expire).")
-        expected_size = _content_length(response.headers)
-        digests = expected_digests(response.headers)
-        hashers = {name: hashlib.new(name) for name in digests}
-        written = 0
-        with open(dest, "xb") as out:
-            for chunk in response.iter_bytes(_CHUNK):
-                out.write(chunk)
-                written += len(chunk)
-                for h in hashers.values():
-                    h.update(chunk)
-                progress.update(label, written, expected_size)
-        # A server that compressed anyway announced the compressed length.
-        raw_size = written if "content-encoding" not in response.headers else (
-            response.num_bytes_downloaded)
-        check_download(label, expected_size, raw_size, digests,
-                       {name: h.digest() for name, h in hashers.items()})
-        return written
-
-
 def fetch_file(http: httpx.Client, url: str, dest: Path, *, label: str,
-               progress: Progress | None = None) -> int:
+               progress: Progress | None = None, runtime: Runtime | None = None) -> int:
     """Stream `url` into the new file `dest`, checking size and any announced checksum.
 
-    Connection failures are retried (3 attempts in all); a partial file never survives.
+    The GET goes through the SDK's file download (`tinkex_jax._shell.get_file`): what its
+    base retry policy retries (no answer, a connection dropped mid-file, 408 / 429 / 5xx) is
+    retried with its backoff, 3 tries in all; any other status fails at once. A partial
+    file never survives. `runtime` paces the retries (tests pass ``FakeTime().runtime``).
 
     Example:
         >>> import httpx, tempfile
@@ -201,26 +179,51 @@ def fetch_file(http: httpx.Client, url: str, dest: Path, *, label: str,
     """
     import httpx
 
-    progress = progress or Progress(sys.stderr, False)
-    for attempt in range(_DOWNLOAD_ATTEMPTS):
+    from .._shell import REAL_RUNTIME, describe_error, get_file, write_body
+
+    shown = progress or Progress(sys.stderr, False)
+
+    def consume(response: httpx.Response) -> int:
         try:
-            return _fetch_once(http, url, dest, label, progress)
-        except httpx.TransportError as exc:
-            dest.unlink(missing_ok=True)
-            if attempt + 1 == _DOWNLOAD_ATTEMPTS:
-                raise CLIError(f"{label}: the download failed ({type(exc).__name__}: {exc}). "
-                               "Fix: check your connection and run the command again.") from exc
-        except BaseException:
-            dest.unlink(missing_ok=True)
-            raise
+            if response.status_code != 200:
+                raise CLIError(f"{label}: the download URL answered HTTP "
+                               f"{response.status_code}. Fix: run the command again (download "
+                               "URLs expire).")
+            expected_size = _content_length(response.headers)
+            digests = expected_digests(response.headers)
+            hashers = {name: hashlib.new(name) for name in digests}
+            done = 0
+
+            def on_chunk(chunk: bytes) -> None:
+                nonlocal done
+                done += len(chunk)
+                for h in hashers.values():
+                    h.update(chunk)
+                shown.update(label, done, expected_size)
+
+            written = write_body(response, dest, on_chunk)
+            # A server that compressed anyway announced the compressed length.
+            raw_size = written if "content-encoding" not in response.headers else (
+                response.num_bytes_downloaded)
+            check_download(label, expected_size, raw_size, digests,
+                           {name: h.digest() for name, h in hashers.items()})
+            return written
         finally:
-            progress.done()
-    raise AssertionError("unreachable")
+            shown.done()
+
+    try:
+        return get_file(http, url, consume, dest=dest, headers={"Accept-Encoding": "identity"},
+                        runtime=runtime or REAL_RUNTIME, what=label)
+    except httpx.TransportError as exc:
+        signature = [urllib.parse.urlsplit(url).query]  # presigned URLs carry it there
+        raise CLIError(f"{label}: the download failed ({describe_error(exc, signature)}). "
+                       "Fix: check your connection and run the command again.") from exc
 
 
 def fetch_all(http: httpx.Client, urls: Mapping[str, str], staging: Path,
-              progress: Progress) -> tuple[list[str], int]:
-    """Fetch every ``relative name -> URL`` into `staging`; extract archives safely.
+              progress: Progress, *, runtime: Runtime | None = None) -> tuple[list[str], int]:
+    """Fetch every ``relative name -> URL`` into `staging` (`fetch_file`); extract archives
+    safely.
 
     Returns:
         The files now in `staging` (relative, sorted) and the bytes fetched.
@@ -233,7 +236,7 @@ def fetch_all(http: httpx.Client, urls: Mapping[str, str], staging: Path,
     for name, url in sorted(urls.items()):
         dest = checked_target(root, name)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        total += fetch_file(http, url, dest, label=name, progress=progress)
+        total += fetch_file(http, url, dest, label=name, progress=progress, runtime=runtime)
         if is_archive(name):
             safe_extract_tar(dest, dest.parent)
             dest.unlink()
@@ -289,18 +292,21 @@ def _exported(service: ServiceClient, rest: RestClient, tinker_path: str,
 
 def download_checkpoint(service: ServiceClient, tinker_path: str, output_dir: Path, *,
                         force: bool = False, show_progress: bool = False,
-                        http: httpx.Client | None = None) -> Download:
+                        http: httpx.Client | None = None,
+                        runtime: Runtime | None = None) -> Download:
     """Download a checkpoint's files into ``output_dir/<run>_<kind>_<name>``.
 
     The files are fetched into a hidden staging directory under `output_dir`, checked, and
     moved into place only when all arrived; on any failure (including Ctrl-C) the staging
-    directory is removed and an existing target is left untouched.
+    directory is removed and an existing target is left untouched. `http` defaults to the
+    SDK's download client (`tinkex_jax._shell.build_download_client`: the network options of
+    the SDK's own client, no Tinker credential); `runtime` paces retries.
 
     Example:
         >>> download_checkpoint(service, "tinker://run/weights/final", Path("."))  # doctest: +SKIP
         Download(tinker_path='tinker://run/weights/final', destination=..., ...)
     """
-    import httpx
+    from .._shell import build_download_client
 
     parsed = parse_checkpoint_path(tinker_path)
     target = output_dir / download_dir_name(parsed)
@@ -312,11 +318,10 @@ def download_checkpoint(service: ServiceClient, tinker_path: str, output_dir: Pa
         urls = rest.get_external_weights_urls(export_path).result().urls
         output_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".tinkex-download-", dir=output_dir))
-        client = http or httpx.Client(follow_redirects=True,
-                                      timeout=httpx.Timeout(60.0, connect=10.0))
+        client = http or build_download_client()
         try:
             files, size = fetch_all(client, urls, staging,
-                                    Progress(sys.stderr, show_progress))
+                                    Progress(sys.stderr, show_progress), runtime=runtime)
             _install(staging, target, force)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -3,14 +3,17 @@
 For: fetching a repo revision's tokenizer files
 (``<endpoint>/<repo>/resolve/<revision>/<file>``) into a temporary directory, checking that
 they load, and only then moving them into ``snapshots/<commit>/`` with ``refs/<revision>``.
-Not for: deciding whether to download (offline mode, the cache lookup: `_resolve`, `_hub`)
-or parsing files (`_files`). A failed download leaves nothing in the cache, and the token
-never appears in a message; ``httpx`` is imported only when something is downloaded.
+Not for: deciding whether to download (offline mode, the cache lookup: `_resolve`, `_hub`),
+parsing files (`_files`), or HTTP of its own: the client and the retries are the SDK's
+(`tinkex_jax._shell.build_download_client`, `tinkex_jax._shell.get_file`). A failed
+download leaves nothing in the cache, and the token never appears in a message; ``httpx``
+and the SDK's HTTP layer are imported only when something is downloaded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -26,6 +29,7 @@ from ._hub import hub_endpoint, repo_folder
 if TYPE_CHECKING:
     import httpx
 
+    from .._shell import Runtime
     from ._tokenizer import Tokenizer
 
 __all__ = ["TokenizerDownloadError", "download_tokenizer"]
@@ -42,15 +46,23 @@ class TokenizerDownloadError(TinkerError, OSError):
 
 
 def download_tokenizer(repo_id: str, revision: str, cache_root: Path, token: str | None,
-                       transport: httpx.BaseTransport | None) -> Tokenizer:
+                       transport: httpx.BaseTransport | None,
+                       runtime: Runtime | None = None) -> Tokenizer:
     """Download the tokenizer files of a repo into the HF cache layout and load them.
 
     Every file goes to a temporary directory first and is loaded from there; only when all
     of them have arrived and parse are they renamed into ``snapshots/<commit>/`` and
     ``refs/<revision>`` written. On any failure the temporary files, and the directories this
     call created, are removed, so a broken download never poisons the cache.
+
+    The files are fetched with the SDK's download client and file GET
+    (`tinkex_jax._shell.build_download_client`, `tinkex_jax._shell.get_file`): a dropped
+    connection, a timeout or a 408 / 429 / 5xx is retried with the SDK's backoff (paced by
+    `runtime`), anything else is answered at once.
     """
     import httpx
+
+    from .._shell import build_download_client
 
     endpoint = hub_endpoint()
     headers = {"user-agent": "tinkex-jax (tokenizer download)"}
@@ -63,9 +75,10 @@ def download_tokenizer(repo_id: str, revision: str, cache_root: Path, token: str
     tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-download-", dir=repo_dir))
     committed = False
     try:
-        with httpx.Client(transport=transport, headers=headers, follow_redirects=True,
-                          timeout=httpx.Timeout(30.0, read=120.0)) as client:
-            fetch = _Fetcher(client, endpoint, repo_id, revision, tmp_dir)
+        with build_download_client(transport=transport, headers=headers,
+                                   timeout=httpx.Timeout(30.0, read=120.0)) as client:
+            fetch = _Fetcher(client, endpoint, repo_id, revision, tmp_dir, runtime=runtime,
+                             secrets=[token] if token else [])
             if fetch(TOKENIZER_JSON, required=False):
                 main_files = [TOKENIZER_JSON]
             elif fetch(TIKTOKEN_MODEL, required=False):
@@ -110,58 +123,65 @@ def _rmdir_if_empty(directory: Path) -> None:
         directory.rmdir()
 
 
+@dataclasses.dataclass
 class _Fetcher:
-    """Downloads single files of one repo revision into a temporary directory."""
+    """Downloads single files of one repo revision into a temporary directory; `commit` is
+    the commit the first answer named (later files are pinned to it)."""
 
-    def __init__(self, client: httpx.Client, endpoint: str, repo_id: str, revision: str,
-                 tmp_dir: Path) -> None:
-        self.client = client
-        self.endpoint = endpoint
-        self.repo_id = repo_id
-        self.revision = revision
-        self.tmp_dir = tmp_dir
-        self.commit: str | None = None
+    client: httpx.Client
+    endpoint: str
+    repo_id: str
+    revision: str
+    tmp_dir: Path
+    runtime: Runtime | None
+    secrets: list[str]
+    commit: str | None = None
 
     def __call__(self, filename: str, *, required: bool) -> bool:
         """Fetch one file; False when it does not exist (and is not required)."""
         import httpx
 
+        from .._shell import REAL_RUNTIME, describe_error, get_file, write_body
+
         # Once the commit is known, pin it so all files come from the same snapshot.
         revision = urllib.parse.quote(self.commit or self.revision, safe="")
         url = f"{self.endpoint}/{self.repo_id}/resolve/{revision}/{filename}"
         target = self.tmp_dir / filename
+
+        def consume(response: httpx.Response) -> bool:
+            if response.status_code == 404 and response.headers.get("x-error-code") in (
+                    "RepoNotFound", "RevisionNotFound"):
+                what = "repo" if response.headers["x-error-code"] == "RepoNotFound" else (
+                    f"revision {self.revision!r} of the repo")
+                raise TokenizerDownloadError(
+                    f"Downloading {url} failed: the {what} {self.repo_id!r} does not exist "
+                    "on the Hugging Face Hub (HTTP 404). Fix: check the id and revision, or "
+                    "pass a local tokenizer directory.")
+            if response.status_code == 404 and not required:
+                return False
+            if response.status_code in (401, 403):
+                raise TokenizerDownloadError(
+                    f"Downloading {url} was refused (HTTP {response.status_code}): the "
+                    f"repo {self.repo_id!r} is gated, private or does not exist. Fix: "
+                    "check the id, accept the model's license on huggingface.co and set "
+                    "HF_TOKEN to a token with access, or pass a local tokenizer directory.")
+            if response.status_code >= 400:
+                raise TokenizerDownloadError(
+                    f"Downloading {url} failed with HTTP {response.status_code}. Fix: "
+                    "check the id and revision, retry later, or pass a local directory.")
+            self.commit = self.commit or _commit_of(response)
+            write_body(response, target)
+            return True
+
         try:
-            with self.client.stream("GET", url) as response:
-                if response.status_code == 404 and response.headers.get("x-error-code") in (
-                        "RepoNotFound", "RevisionNotFound"):
-                    what = "repo" if response.headers["x-error-code"] == "RepoNotFound" else (
-                        f"revision {self.revision!r} of the repo")
-                    raise TokenizerDownloadError(
-                        f"Downloading {url} failed: the {what} {self.repo_id!r} does not exist "
-                        "on the Hugging Face Hub (HTTP 404). Fix: check the id and revision, or "
-                        "pass a local tokenizer directory.")
-                if response.status_code == 404 and not required:
-                    return False
-                if response.status_code in (401, 403):
-                    raise TokenizerDownloadError(
-                        f"Downloading {url} was refused (HTTP {response.status_code}): the "
-                        f"repo {self.repo_id!r} is gated, private or does not exist. Fix: "
-                        "check the id, accept the model's license on huggingface.co and set "
-                        "HF_TOKEN to a token with access, or pass a local tokenizer directory.")
-                if response.status_code >= 400:
-                    raise TokenizerDownloadError(
-                        f"Downloading {url} failed with HTTP {response.status_code}. Fix: "
-                        "check the id and revision, retry later, or pass a local directory.")
-                self.commit = self.commit or _commit_of(response)
-                with open(target, "wb") as fh:
-                    for chunk in response.iter_bytes():
-                        fh.write(chunk)
+            return get_file(self.client, url, consume, dest=target,
+                            runtime=self.runtime or REAL_RUNTIME,
+                            what=f"{filename} of {self.repo_id}")
         except httpx.HTTPError as exc:
             raise TokenizerDownloadError(
-                f"Downloading {url} failed: {type(exc).__name__}: {exc}. Fix: check your "
-                "network, or go offline (HF_HUB_OFFLINE=1) with the files already in the "
+                f"Downloading {url} failed: {describe_error(exc, self.secrets)}. Fix: check "
+                "your network, or go offline (HF_HUB_OFFLINE=1) with the files already in the "
                 "Hugging Face cache (HF_HOME), or pass a local tokenizer directory.") from exc
-        return True
 
 
 def _commit_of(response: httpx.Response) -> str | None:

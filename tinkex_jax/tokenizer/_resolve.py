@@ -34,6 +34,8 @@ from ._tokenizer import Tokenizer
 if TYPE_CHECKING:
     import httpx
 
+    from .._shell import Runtime
+
 __all__ = ["clear_tokenizer_cache", "get_tokenizer"]
 
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -83,6 +85,7 @@ def get_tokenizer(
     token: str | None = None,
     offline: bool | None = None,
     http_transport: httpx.BaseTransport | None = None,
+    _runtime: Runtime | None = None,
 ) -> Tokenizer:
     """Load a tokenizer from a local path, a built-in preset, or Hugging Face.
 
@@ -102,7 +105,11 @@ def get_tokenizer(
             file in ``HF_HOME``). Never stored, logged or put in a message.
         offline: Never download (default: ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``).
         http_transport: An ``httpx`` transport for downloads (tests pass
-            ``httpx.MockTransport``).
+            ``httpx.MockTransport``). Downloads go through the SDK's download client and its
+            retry policy: timeouts, dropped connections and 408 / 429 / 5xx answers are
+            retried with backoff (3 tries per file); other errors are raised at once.
+        _runtime: Paces those retries (tests pass ``tinkex_jax._shell.FakeTime().runtime``
+            so that nothing sleeps).
 
     Returns:
         The `Tokenizer`.
@@ -111,7 +118,8 @@ def get_tokenizer(
         ValidationError: Nothing matches the id or path (offline and not cached, no such
             preset or directory, malformed files); the message says what was looked for,
             where, and how to fix it.
-        TokenizerDownloadError: The download failed (network, HTTP 401/403/404/5xx).
+        TokenizerDownloadError: The download failed (network, HTTP 401/403/404/5xx; a
+            retryable failure after its retries).
 
     Example:
         >>> import tempfile, pathlib
@@ -175,7 +183,8 @@ def get_tokenizer(
                     "<not cached, and offline mode is on>",
                     "set HF_HOME (or pass cache_dir=) to the cache that holds it, pass a local "
                     "tokenizer directory, or go online (unset HF_HUB_OFFLINE) to download it")
-            return download_tokenizer(repo_id, rev, cache_root, hf_token(token), http_transport)
+            return download_tokenizer(repo_id, rev, cache_root, hf_token(token), http_transport,
+                                      _runtime)
         return load_path(snapshot, repo_id)
 
     return _cached(key, load)

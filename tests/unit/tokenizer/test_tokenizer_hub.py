@@ -1,4 +1,5 @@
-"""Hugging Face ids: mapping, the local HF cache, offline mode, and downloads (mocked)."""
+"""Hugging Face ids: mapping, the local HF cache, offline mode, and downloads (mocked), with
+the retries of the SDK's shared download path paced by a fake clock."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import httpx
 import pytest
 from tokenizer_helpers import kimi_files, word_level_hf, write_hf_dir
 
+from tinkex_jax._shell import FakeTime
+from tinkex_jax._shell._retry import base_retry_delay
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.tokenizer import (
     LLAMA3_TOKENIZER_ID,
@@ -132,15 +135,29 @@ def _repo_files(tmp_path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in d.iterdir()}
 
 
+class _CutStream(httpx.SyncByteStream):
+    """Some bytes, then a connection reset in the middle of the body."""
+
+    def __iter__(self):
+        yield b'{"trunc'
+        raise httpx.ReadError("connection reset by peer")
+
+
 class FakeHub:
-    """A MockTransport handler that serves one repo like huggingface.co (with a CDN hop)."""
+    """A MockTransport handler that serves one repo like huggingface.co (with a CDN hop).
+
+    `fail` / `disconnect` break a file for good; `flaky` gives a file's first answers: an
+    HTTP status, ``"drop"`` (no answer) or ``"cut"`` (the body breaks off), then it works.
+    """
 
     def __init__(self, files: dict[str, bytes], *, fail: dict[str, int] | None = None,
-                 disconnect: set[str] = frozenset(), commit: str = COMMIT) -> None:
+                 disconnect: set[str] = frozenset(), commit: str = COMMIT,
+                 flaky: dict[str, list[int | str]] | None = None) -> None:
         self.files = files
         self.fail = fail or {}
         self.disconnect = disconnect
         self.commit = commit
+        self.flaky = {name: list(outcomes) for name, outcomes in (flaky or {}).items()}
         self.requests: list[httpx.Request] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -153,6 +170,14 @@ class FakeHub:
         assert parts[2] == "resolve" and repo == "org/model"
         if name in self.disconnect:
             raise httpx.ConnectError("connection reset", request=request)
+        if self.flaky.get(name):
+            outcome = self.flaky[name].pop(0)
+            if outcome == "drop":
+                raise httpx.ConnectError("connection reset", request=request)
+            if outcome == "cut":
+                return httpx.Response(200, headers={"x-repo-commit": self.commit},
+                                      stream=_CutStream())
+            return httpx.Response(int(outcome), text="busy")
         if name in self.fail:
             return httpx.Response(self.fail[name], text="nope")
         if name not in self.files:
@@ -229,8 +254,10 @@ def test_hf_endpoint(tmp_path, monkeypatch):
         return httpx.Response(503)
 
     with pytest.raises(TokenizerDownloadError, match="HTTP 503"):
-        get_tokenizer("org/model", cache_dir=tmp_path, http_transport=httpx.MockTransport(handler))
-    assert seen == ["https://mirror.example/org/model/resolve/main/tokenizer.json"]
+        get_tokenizer("org/model", cache_dir=tmp_path, http_transport=httpx.MockTransport(handler),
+                      _runtime=FakeTime().runtime)
+    # A 503 is retried (3 tries in all), always at the mirror.
+    assert seen == ["https://mirror.example/org/model/resolve/main/tokenizer.json"] * 3
 
 
 @pytest.mark.parametrize("failure", [
@@ -244,7 +271,8 @@ def test_failed_download_leaves_nothing(tmp_path, monkeypatch, failure):
     hub = FakeHub(_repo_files(tmp_path), **failure)
     cache = tmp_path / "cache"
     with pytest.raises(TokenizerDownloadError) as info:
-        get_tokenizer("org/model", cache_dir=cache, http_transport=httpx.MockTransport(hub))
+        get_tokenizer("org/model", cache_dir=cache, http_transport=httpx.MockTransport(hub),
+                      _runtime=FakeTime().runtime)
     assert _all_files(cache) == [] and not cache.exists()
     message = str(info.value)
     assert "hf_do_not_leak" not in message and "hf_do_not_leak" not in repr(info.value)
@@ -262,7 +290,8 @@ def test_failed_download_keeps_existing_cache_dirs(tmp_path):
     before = _all_files(cache)
     hub = FakeHub(_repo_files(tmp_path), fail={"tokenizer_config.json": 500})
     with pytest.raises(TokenizerDownloadError):
-        get_tokenizer("org/model", cache_dir=cache, http_transport=httpx.MockTransport(hub))
+        get_tokenizer("org/model", cache_dir=cache, http_transport=httpx.MockTransport(hub),
+                      _runtime=FakeTime().runtime)
     assert _all_files(cache) == before
 
 
@@ -340,3 +369,82 @@ def test_revision_with_slash_and_bad_revision(tmp_path):
     assert hub.requests[0].url.raw_path == b"/org/model/resolve/refs%2Fpr%2F1/tokenizer.json"
     with pytest.raises(ValidationError, match="revision"):
         get_tokenizer("org/model", revision="../../etc", cache_dir=cache, offline=True)
+
+
+# -- retries: the SDK's shared download path ------------------------------------------------
+
+def _hub_paths(hub: FakeHub, name: str) -> list[str]:
+    return [r.url.path for r in hub.requests
+            if r.url.host == "huggingface.co" and r.url.path.endswith("/" + name)]
+
+
+@pytest.mark.parametrize("outcomes", [[503], ["drop"], ["cut"], [429, 502]],
+                         ids=["5xx", "dropped connection", "body cut off", "429 then 502"])
+def test_transient_failures_are_retried_with_the_shared_policy(tmp_path, monkeypatch, caplog,
+                                                               outcomes):
+    monkeypatch.setenv("HF_TOKEN", "hf_retry_secret")
+    fake = FakeTime()
+    hub = FakeHub(_repo_files(tmp_path), flaky={"tokenizer_config.json": outcomes})
+    cache = tmp_path / "cache"
+    tok = get_tokenizer("org/model", cache_dir=cache, http_transport=httpx.MockTransport(hub),
+                        _runtime=fake.runtime)
+    assert tok.eos_token == "</s>"  # the config that failed at first arrived whole
+    assert len(_hub_paths(hub, "tokenizer_config.json")) == len(outcomes) + 1
+    # The waits are the base policy's (jittered exponential backoff, FakeTime's u = 0.5).
+    assert fake.delays == [base_retry_delay(k, 0.5) for k in range(len(outcomes))]
+    snapshot = cache / "models--org--model" / "snapshots" / COMMIT
+    assert json.loads((snapshot / "tokenizer_config.json").read_text())["eos_token"] == "</s>"
+    assert not list((cache / "models--org--model").glob(".tmp-*"))
+    assert "Retrying the download of tokenizer_config.json" in caplog.text
+    assert "hf_retry_secret" not in caplog.text
+
+
+def test_retry_after_is_honoured(tmp_path):
+    fake = FakeTime()
+    files = _repo_files(tmp_path)
+    answers = [httpx.Response(429, headers={"retry-after": "7"})]
+
+    def handler(request):
+        if answers:
+            return answers.pop(0)
+        return FakeHub(files)(request)
+
+    get_tokenizer("org/model", cache_dir=tmp_path / "c", http_transport=httpx.MockTransport(handler),
+                  _runtime=fake.runtime)
+    assert fake.delays == [7.0]
+
+
+@pytest.mark.parametrize("answer", [
+    httpx.Response(404, headers={"x-error-code": "RepoNotFound"}),
+    httpx.Response(404, headers={"x-error-code": "EntryNotFound"}),
+    httpx.Response(403)])
+def test_404_and_403_are_not_retried(tmp_path, answer):
+    fake = FakeTime()
+    seen = []
+
+    def handler(request):
+        seen.append(request.url.path)
+        return answer
+
+    with pytest.raises(TokenizerDownloadError):
+        get_tokenizer("org/model", cache_dir=tmp_path / "c",
+                      http_transport=httpx.MockTransport(handler), _runtime=fake.runtime)
+    assert fake.delays == []
+    # One request per file asked for: a 404 of tokenizer.json moves on to tiktoken.model.
+    assert len(seen) == len(set(seen))
+
+
+def test_retries_give_up_with_a_redacted_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_in_messages")
+    fake = FakeTime()
+
+    def handler(request):
+        raise httpx.ConnectError(f"refused for {request.headers['authorization']}")
+
+    with pytest.raises(TokenizerDownloadError) as info:
+        get_tokenizer("org/model", cache_dir=tmp_path / "c",
+                      http_transport=httpx.MockTransport(handler), _runtime=fake.runtime)
+    message = str(info.value)
+    assert "ConnectError: refused for Bearer <redacted>" in message
+    assert "hf_not_in_messages" not in message and len(fake.delays) == 2
+    assert not (tmp_path / "c").exists()
