@@ -56,7 +56,7 @@ def test_a_full_server_answers_429_with_the_backpressure_header(
     assert again.status_code == 200 and again.json()["request_id"] != first.json()["request_id"]
     assert isinstance(raw.result(again.json()["request_id"]), bytes)
     engine = busy_server.engine
-    assert engine.pending_samples == 0 and engine.sample_backpressure_answers == 1
+    assert engine.sampling.pending == 0 and engine.sampling.backpressure_answers == 1
 
 
 @pytest.mark.slow
@@ -73,8 +73,8 @@ def test_our_sdk_waits_out_backpressure(busy_server: LocalServer,
         results = [f.result(timeout=60) for f in futures]
         timer.join()
     assert [r.sequences[0].tokens for r in results] == [expected.sequences[0].tokens] * 4
-    assert busy_server.engine.sample_backpressure_answers >= 3
-    assert busy_server.engine.pending_samples == 0
+    assert busy_server.engine.sampling.backpressure_answers >= 3
+    assert busy_server.engine.sampling.pending == 0
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def test_the_official_sdk_waits_out_backpressure(busy_server: LocalServer,
         results = [f.result(timeout=60) for f in futures]
         timer.join()
     assert len({tuple(r.sequences[0].tokens) for r in results}) == 1
-    assert busy_server.engine.sample_backpressure_answers >= 2
+    assert busy_server.engine.sampling.backpressure_answers >= 2
 
 
 def test_the_limit_is_validated(tmp_path: Any) -> None:

@@ -307,7 +307,7 @@ def test_idle_sessions_are_reaped_and_finished_ones_answer_410(tmp_path):
         assert gone.status_code == 410 and gone.json()["code"] == "gone"
         assert "create a new ServiceClient" in gone.json()["detail"]
         deadline = time.monotonic() + 10
-        while idle_model in server.engine._models:  # freed in the model's own lane
+        while server.engine.training.is_loaded(idle_model):  # freed in the model's own lane
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert raw.fb_request(idle_model, 1, [datum([1, 2, 3])]).status_code == 404

@@ -48,7 +48,7 @@ def test_chunked_compressed_calls_accumulate(tmp_path: Any, pyqwest: bool) -> No
         probe = [data(4)[3]]
         got = chunked.forward(probe, "cross_entropy").result().loss_fn_outputs[0]
         engine = server.engine
-        model = engine._model(chunked.model_id)
+        model = engine.training.model(chunked.model_id)
         w = backend.adapter_to_arrays(model.adapter)["w"]
         zero = {"w": np.zeros_like(w)}
         grads = [backend.forward_backward(FAKE, zero, [_item(d)], "cross_entropy", {},

@@ -62,9 +62,11 @@ from ..types import (
     WeightsInfoRequest,
 )
 from ..wire import decode_forward_backward_request, zstd_decompress
+from . import _info as info
 from ._audit import AuditLog, parse_audit_query
 from ._console import render as render_console
-from ._engine import Engine, fingerprint
+from ._core import fingerprint
+from ._engine import Engine
 from ._errors import (
     InvalidTokenError,
     NotFoundError,
@@ -171,8 +173,11 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         A Starlette application; run it with uvicorn (see `tinkex_jax.local.serve`).
     """
     config = engine.config
+    sessions, training, weights = engine.sessions, engine.training, engine.weights
+    sampling, catalog, core = engine.sampling, engine.catalog, engine.core
     state: dict[str, bool] = {"ready": False}
-    signer = JwtSigner(config.jwt_lifetime_s) if config.pjwt_auth_enabled else None
+    signer = (JwtSigner(config.jwt_lifetime_s, clock=engine.storage.now)
+              if config.pjwt_auth_enabled else None)
     audit = AuditLog(engine.storage)
 
     def endpoint(fn: Callable[[Request], Awaitable[Any]], *, auth: bool = True,
@@ -233,7 +238,7 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         return {"status": "ok"}
 
     async def client_config(request: Request) -> Any:
-        return engine.client_config()
+        return info.client_config(config)
 
     async def auth_token(request: Request) -> Any:
         await request.body()
@@ -243,10 +248,10 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         return {"jwt": signer.mint(request.headers.get("x-api-key") or "")}
 
     async def dynamic_config(request: Request) -> Any:
-        return engine.dynamic_config()
+        return info.dynamic_config()
 
     async def capabilities(request: Request) -> Any:
-        return engine.capabilities()
+        return info.capabilities(config, engine.core.backend)
 
     async def telemetry(request: Request) -> Any:
         await request.body()
@@ -261,14 +266,14 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
     async def finish_session(request: Request) -> Any:
         body = await body_of(request)
         req = _decode(body, SessionFinishRequest) if body.strip() else SessionFinishRequest()
-        return engine.finish_session(request.path_params["session_id"], req)
+        return sessions.finish_session(request.path_params["session_id"], req)
 
     async def list_sessions(request: Request) -> Any:
-        return engine.list_sessions(_query_int(request, "limit", 20, low=1),
+        return sessions.list_sessions(_query_int(request, "limit", 20, low=1),
                                     _query_int(request, "offset", 0, high=10**9))
 
     async def get_session(request: Request) -> Any:
-        return engine.get_session(request.path_params["session_id"])
+        return sessions.get_session(request.path_params["session_id"])
 
     async def session_project(request: Request) -> Any:
         try:
@@ -279,13 +284,13 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         project = data.get("project_id") if isinstance(data, dict) else None
         if not isinstance(project, str) or not project:
             raise UserError("Body must be {\"project_id\": \"...\"}.")
-        result = engine.set_session_project(request.path_params["session_id"], project)
+        result = sessions.set_session_project(request.path_params["session_id"], project)
         audit.record("project_session_assign", {"session_id": request.path_params["session_id"],
                                                 "project_id": project})
         return result
 
     async def trace_export(request: Request) -> Any:
-        engine.get_session(request.path_params["session_id"])
+        sessions.get_session(request.path_params["session_id"])
         return {"status": "failed", "error": "The local backend does not record traces."}
 
     # ---------------------------------------------------------------- training
@@ -300,7 +305,7 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
             req = decode_forward_backward_request(body)
         except ValidationError as exc:
             raise UserError(str(exc)) from None
-        return engine.submit_forward_backward(req, fingerprint(body))
+        return training.submit_forward_backward(req, fingerprint(body))
 
     async def optim_step(request: Request) -> Any:
         body = await body_of(request)
@@ -314,11 +319,11 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
             req = msgspec.convert(raw, OptimStepRequest)
         except msgspec.ValidationError as exc:
             raise UserError(f"Invalid OptimStepRequest body: {exc}.") from None
-        return engine.submit_optim_step(req, fingerprint(body))
+        return training.submit_optim_step(req, fingerprint(body))
 
     async def get_info(request: Request) -> Any:
         req = _decode(await body_of(request), GetInfoRequest)
-        return engine.get_info(req.model_id)
+        return training.get_info(req.model_id)
 
     # ---------------------------------------------------------------- futures
 
@@ -329,7 +334,7 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         if header:
             with contextlib.suppress(ValueError):
                 timeout = min(timeout, max(float(header) - 5.0, 0.5))
-        outcome = await engine.retrieve(req.request_id, timeout)
+        outcome = await core.retrieve(req.request_id, timeout)
         if outcome is None:
             return {"type": "try_again", "request_id": req.request_id, "queue_state": "active"}
         if isinstance(outcome, Failure):
@@ -339,19 +344,19 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
     # ---------------------------------------------------------------- sampling
 
     async def get_sampler(request: Request) -> Any:
-        return engine.get_sampler(request.path_params["sampler_id"])
+        return sampling.get_sampler(request.path_params["sampler_id"])
 
     async def join_sampling_session(request: Request) -> Any:
         req = _decode(await body_of(request), JoinSamplingSessionRequest)
-        return engine.join_sampling_session(req.sampling_session_id)
+        return sampling.join_sampling_session(req.sampling_session_id)
 
     async def weights_info(request: Request) -> Any:
         req = _decode(await body_of(request), WeightsInfoRequest)
-        return await run_in_threadpool(engine.weights_info, req.tinker_path)
+        return await run_in_threadpool(weights.weights_info, req.tinker_path)
 
     async def copy_weights(request: Request) -> Any:
         req = _decode(await body_of(request), CopyWeightsRequest)
-        result = await run_in_threadpool(engine.copy_weights, req)
+        result = await run_in_threadpool(weights.copy_weights, req)
         source = req.source_path[len("tinker://"):].split("/", 1)
         audit.record_checkpoint("checkpoint_read", source[0], source[1], purpose="copy",
                                 copied_to=result["tinker_path"])
@@ -364,30 +369,30 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         return p["run_id"], f"{p['kind']}/{p['name']}"
 
     async def list_runs(request: Request) -> Any:
-        return engine.list_training_runs(_query_int(request, "limit", 20, low=1),
+        return catalog.list_training_runs(_query_int(request, "limit", 20, low=1),
                                          _query_int(request, "offset", 0, high=10**9))
 
     async def get_run(request: Request) -> Any:
-        return engine.get_training_run(request.path_params["run_id"])
+        return catalog.get_training_run(request.path_params["run_id"])
 
     async def list_checkpoints(request: Request) -> Any:
-        return engine.list_checkpoints(request.path_params["run_id"])
+        return catalog.list_checkpoints(request.path_params["run_id"])
 
     async def list_user_checkpoints(request: Request) -> Any:
-        return engine.list_user_checkpoints(_query_int(request, "limit", 100, low=1),
+        return catalog.list_user_checkpoints(_query_int(request, "limit", 100, low=1),
                                             _query_int(request, "offset", 0, high=10**9))
 
     async def delete_checkpoint(request: Request) -> Any:
         run_id, checkpoint_id = ckpt_id(request)
         row = engine.storage.get_checkpoint(run_id, checkpoint_id)
-        result = await run_in_threadpool(engine.delete_checkpoint, run_id, checkpoint_id)
+        result = await run_in_threadpool(catalog.delete_checkpoint, run_id, checkpoint_id)
         audit.record_checkpoint("checkpoint_delete", run_id, checkpoint_id,
                                 created_at=iso_time(row.created_at) if row else None)
         return result
 
     async def publish(request: Request) -> Any:
         public = request.method == "POST"
-        result = engine.set_published(*ckpt_id(request), public)
+        result = catalog.set_published(*ckpt_id(request), public)
         audit.record_checkpoint("checkpoint_publish" if public else "checkpoint_unpublish",
                                 *ckpt_id(request))
         return result
@@ -395,17 +400,17 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
     async def set_ttl(request: Request) -> Any:
         body = await body_of(request)
         req = _decode(body or b"{}", SetCheckpointTTLRequest)
-        result = engine.set_ttl(*ckpt_id(request), req.ttl_seconds)
+        result = catalog.set_ttl(*ckpt_id(request), req.ttl_seconds)
         audit.record_checkpoint("checkpoint_ttl_set", *ckpt_id(request),
                                 ttl_seconds=req.ttl_seconds)
         return result
 
     async def external_urls(request: Request) -> Any:
-        token, files = engine.external_weights_files(*ckpt_id(request))
+        token, files = catalog.external_weights_files(*ckpt_id(request))
         audit.record_checkpoint("checkpoint_read", *ckpt_id(request), purpose="download")
         base = str(request.base_url).rstrip("/")
         return {"urls": {name: f"{base}/api/v1/files/{token}/{name}" for name in files},
-                "expires": engine.expires_at(_EXTERNAL_URL_LIFETIME_S)}
+                "expires": catalog.expires_at(_EXTERNAL_URL_LIFETIME_S)}
 
     # ---------------------------------------------------------------- admin, console
 
@@ -416,13 +421,13 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
 
     def console_lookup(question: str, args: tuple[str, ...]) -> Any:
         if question == "list_sessions":
-            return engine.list_sessions(100, 0)
+            return sessions.list_sessions(100, 0)
         if question == "get_session":
-            return engine.get_session(*args)
+            return sessions.get_session(*args)
         if question == "get_training_run":
-            return engine.get_training_run(*args)
+            return catalog.get_training_run(*args)
         run_id, checkpoint_id = args
-        for checkpoint in engine.list_checkpoints(run_id)["checkpoints"]:
+        for checkpoint in catalog.list_checkpoints(run_id)["checkpoints"]:
             if checkpoint["checkpoint_id"] == checkpoint_id:
                 return checkpoint
         raise NotFoundError(f"Run {run_id!r} has no checkpoint {checkpoint_id!r}.")
@@ -435,7 +440,7 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         return HTMLResponse(page, status_code=status)
 
     async def files(request: Request) -> Any:
-        path = engine.file_path(request.path_params["token"], request.path_params["path"])
+        path = catalog.file_path(request.path_params["token"], request.path_params["path"])
         return FileResponse(path)
 
     # ---------------------------------------------------------------- routing
@@ -451,9 +456,9 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         Route(f"{v1}/telemetry", endpoint(telemetry), methods=["POST"]),
         Route(f"{v1}/cancel_future", endpoint(cancel_future), methods=["POST"]),
         Route(f"{v1}/create_session", endpoint(json_route(
-            CreateSessionRequest, lambda r, fp: engine.create_session(r))), methods=["POST"]),
+            CreateSessionRequest, lambda r, fp: sessions.create_session(r))), methods=["POST"]),
         Route(f"{v1}/session_heartbeat", endpoint(json_route(
-            SessionHeartbeatRequest, lambda r, fp: engine.heartbeat(r.session_id))),
+            SessionHeartbeatRequest, lambda r, fp: sessions.heartbeat(r.session_id))),
             methods=["POST"]),
         Route(f"{v1}/sessions", endpoint(list_sessions), methods=["GET"]),
         Route(f"{v1}/sessions/{{session_id}}", endpoint(get_session), methods=["GET"]),
@@ -464,27 +469,27 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         Route(f"{v1}/sessions/{{session_id}}/trace_export", endpoint(trace_export),
               methods=["GET"]),
         Route(f"{v1}/create_model", endpoint(json_route(
-            CreateModelRequest, engine.submit_create_model)), methods=["POST"]),
+            CreateModelRequest, training.submit_create_model)), methods=["POST"]),
         Route(f"{v1}/get_info", endpoint(get_info), methods=["POST"]),
         Route(f"{v1}/unload_model", endpoint(json_route(
-            UnloadModelRequest, engine.submit_unload_model)), methods=["POST"]),
+            UnloadModelRequest, training.submit_unload_model)), methods=["POST"]),
         Route(f"{v1}/forward_backward", endpoint(forward_backward), methods=["POST"]),
         Route(f"{v1}/optim_step", endpoint(optim_step), methods=["POST"]),
         Route(f"{v1}/save_weights", endpoint(json_route(
-            SaveWeightsRequest, engine.submit_save_weights)), methods=["POST"]),
+            SaveWeightsRequest, weights.submit_save_weights)), methods=["POST"]),
         Route(f"{v1}/save_weights_for_sampler", endpoint(json_route(
-            SaveWeightsForSamplerRequest, engine.submit_save_for_sampler)), methods=["POST"]),
+            SaveWeightsForSamplerRequest, sampling.submit_save_for_sampler)), methods=["POST"]),
         Route(f"{v1}/save_weights_external", endpoint(json_route(
-            SaveWeightsExternalRequest, engine.submit_save_external)), methods=["POST"]),
+            SaveWeightsExternalRequest, weights.submit_save_external)), methods=["POST"]),
         Route(f"{v1}/load_weights", endpoint(json_route(
-            LoadWeightsRequest, engine.submit_load_weights, threaded=False)), methods=["POST"]),
+            LoadWeightsRequest, weights.submit_load_weights, threaded=False)), methods=["POST"]),
         Route(f"{v1}/create_sampling_session", endpoint(json_route(
-            CreateSamplingSessionRequest, engine.create_sampling_session, threaded=True)),
+            CreateSamplingSessionRequest, sampling.create_sampling_session, threaded=True)),
             methods=["POST"]),
         Route(f"{v1}/samplers/{{sampler_id}}", endpoint(get_sampler), methods=["GET"]),
         Route(f"{v1}/join_sampling_session", endpoint(join_sampling_session),
               methods=["POST"]),
-        Route(f"{v1}/asample", endpoint(json_route(SampleRequest, engine.submit_sample)),
+        Route(f"{v1}/asample", endpoint(json_route(SampleRequest, sampling.submit_sample)),
               methods=["POST"]),
         Route(f"{v1}/retrieve_future", endpoint(retrieve_future), methods=["POST"]),
         Route(f"{v1}/weights_info", endpoint(weights_info), methods=["POST"]),
@@ -526,7 +531,7 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
 
         async def reap_forever() -> None:
             while True:
-                await asyncio.sleep(config.reap_interval_s)
+                await asyncio.sleep(config.reap_interval_s)  # tests call Engine.reap instead
                 try:
                     await run_in_threadpool(engine.reap)
                 except Exception:

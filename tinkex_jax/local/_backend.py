@@ -1,7 +1,7 @@
 """The seam between the server engine and the model: what the engine asks a backend to do.
 
-The engine (`tinkex_jax.local._engine`) speaks wire types and numpy arrays; a `Backend`
-does the array work: adapters over frozen base models, forward / forward_backward with a
+The engine's services (`tinkex_jax.local._engine`) speak wire types and numpy arrays; a
+`Backend` does the array work: adapters over frozen base models, forward / forward_backward with a
 built-in loss, the AdamW step, logprob tables and sampling, and (de)serialising adapter
 and optimizer state. `tinkex_jax.local._jax_backend.JaxBackend` implements it with the
 JAX model layer (`tinkex_jax.local.model`); tests may plug in a small fake.

@@ -185,7 +185,7 @@ def sample_job(request: SampleRequest, info: BaseModelInfo, *, default_max_token
 
     ``max_tokens`` defaults to `default_max_tokens`, clipped to the room left in the
     context; ``stop=None`` means the model's end-of-sequence tokens; a missing seed is
-    drawn at random (or taken from `seed`).
+    taken from `seed` (the server passes one drawn from its `Effects`), else drawn here.
 
     Raises:
         UserError: the prompt leaves no room to generate, ``max_tokens`` does not fit,

@@ -57,6 +57,8 @@ class JwtSigner:
     def __init__(self, lifetime_s: float, *, clock: Callable[[], float] = time.time) -> None:
         self.lifetime_s = lifetime_s
         self._clock = clock
+        # truly random on purpose (not from the engine's injectable Effects): a predictable
+        # secret would let anyone mint tokens
         self._secret = secrets.token_bytes(32)
         self.minted = 0
 

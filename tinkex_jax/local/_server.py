@@ -125,7 +125,7 @@ class LocalServer:
         if self.engine is None:
             raise RuntimeError("LocalServer.corrupt_run: the server is not running; call it "
                                "inside `with serve(...) as server:`.")
-        self.engine.corrupt_run(run_id, reason)
+        self.engine.training.corrupt_run(run_id, reason)
 
     def start(self, timeout: float = 300.0) -> LocalServer:
         """Bind a socket, start serving in a daemon thread and wait until it is ready.
@@ -164,7 +164,7 @@ class LocalServer:
 
         self._thread = threading.Thread(target=run, name="tinkex-local-server", daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # real time: waits for a real thread to bind
         while not self._server.started:
             if self._error is not None or not self._thread.is_alive():
                 raise RuntimeError("the tinkex local server failed to start") from self._error

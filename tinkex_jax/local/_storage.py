@@ -343,6 +343,8 @@ class Storage:
 
         Pass it to `add_checkpoint`, which moves it to its final place.
         """
+        # directory names are truly random on purpose (not from the engine's injectable
+        # Effects): the final name is the unauthenticated download token of an export
         path = self.checkpoint_root / f".tmp-{uuid.uuid4().hex}"
         path.mkdir()
         return path
@@ -437,7 +439,7 @@ class Storage:
         """Delete checkpoint directories no row points to (a crash mid-save), once they are
         `min_age_s` old, so that a second server on the same directory is left alone."""
         known = {r["dir"] for r in self._query("SELECT dir FROM checkpoints")}
-        cutoff = time.time() - min_age_s
+        cutoff = time.time() - min_age_s  # the real clock: compared with file mtimes
         for path in self.checkpoint_root.iterdir():
             if path.is_dir() and path.name not in known and path.stat().st_mtime < cutoff:
                 shutil.rmtree(path, ignore_errors=True)
