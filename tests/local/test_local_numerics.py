@@ -15,7 +15,8 @@ import pytest
 from local_support import TINY, RawClient, datum
 from safetensors.numpy import load_file
 
-from tinkex_jax.local.model import decoder, runtime
+from tests.support.jax_traces import count_traces
+from tinkex_jax.local.model import decoder
 from tinkex_jax.local.model.config import LoraSpec
 from tinkex_jax.local.model.lora import Lora, init_lora, lora_to_arrays
 
@@ -84,19 +85,20 @@ def test_server_step_equals_direct_jax_optax_step(tiny_server: Any,
     seqs = [list(t.encode()) for t in TEXTS]
     model = raw.create_model(raw.session(), base=TINY, rank=8)
     compiled_after_first = 0
-    for i, hp in enumerate(STEPS):
-        a = raw.fb(model, 3 * i + 1, [datum(s) for s in seqs[:2]])  # accumulates over 2 calls
-        b = raw.fb(model, 3 * i + 2, [datum(seqs[2])])
-        assert a.metrics["loss:sum"] + b.metrics["loss:sum"] == pytest.approx(
-            reference["losses"][i], rel=1e-5)
-        fut = raw.ok("optim_step", {"model_id": model, "seq_id": 3 * i + 3,
-                                    "type": "optim_step", "adam_params": hp})
-        metrics = raw.result(fut["request_id"])["metrics"]
-        assert metrics["learning_rate:mean"] == pytest.approx(hp["learning_rate"])
-        if i == 0:
-            compiled_after_first = runtime.TRACE_COUNTS["optim_step"]
+    with count_traces("_optim_step_impl") as traces:
+        for i, hp in enumerate(STEPS):
+            a = raw.fb(model, 3 * i + 1, [datum(s) for s in seqs[:2]])  # accumulates over 2
+            b = raw.fb(model, 3 * i + 2, [datum(seqs[2])])
+            assert a.metrics["loss:sum"] + b.metrics["loss:sum"] == pytest.approx(
+                reference["losses"][i], rel=1e-5)
+            fut = raw.ok("optim_step", {"model_id": model, "seq_id": 3 * i + 3,
+                                        "type": "optim_step", "adam_params": hp})
+            metrics = raw.result(fut["request_id"])["metrics"]
+            assert metrics["learning_rate:mean"] == pytest.approx(hp["learning_rate"])
+            if i == 0:
+                compiled_after_first = traces.count
     # new hyperparameters are traced values: the second step compiled nothing new
-    assert runtime.TRACE_COUNTS["optim_step"] == compiled_after_first
+    assert traces.count == compiled_after_first
     path = raw.result(raw.ok("save_weights", {"model_id": model, "path": "numerics",
                                               "seq_id": 7, "type": "save_weights"})
                       ["request_id"])["path"]

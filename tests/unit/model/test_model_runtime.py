@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from model_testlib import CFG, cross_entropy, jit_logits, reversal_datum, scaled_cross_entropy
 
+from tests.support.jax_traces import count_traces
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.local.model import (
-    TRACE_COUNTS,
     Buckets,
     LoraSpec,
     accumulate,
@@ -123,19 +123,19 @@ def test_gradients_flow_only_into_lora(model, data):
 
 def test_no_recompilation_inside_a_bucket(model, lora, data):
     forward_backward(model, lora, make_batch(data[:5])[0], scaled_cross_entropy, {"scale": 1.0})
-    before = dict(TRACE_COUNTS)
-    for n, scale in [(6, 2.0), (7, 0.5), (5, 3.0)]:  # same (8, 16) bucket, new loss config
-        out, _ = forward_backward(model, lora, make_batch(data[:n])[0], scaled_cross_entropy,
-                                  {"scale": scale})
-    assert TRACE_COUNTS["forward_backward"] == before["forward_backward"]
-    # the traced loss config really is used
-    base, _ = forward_backward(model, lora, make_batch(data[:5])[0], scaled_cross_entropy,
-                               {"scale": 1.0})
-    assert float(out.loss) == pytest.approx(3.0 * float(base.loss), rel=1e-5)
-    # a new bucket compiles once more
-    long = [reversal_datum("abcdefghijkl")]
-    forward_backward(model, lora, make_batch(long)[0], scaled_cross_entropy, {"scale": 1.0})
-    assert TRACE_COUNTS["forward_backward"] == before["forward_backward"] + 1
+    with count_traces("_forward_backward_impl") as traces:
+        for n, scale in [(6, 2.0), (7, 0.5), (5, 3.0)]:  # same (8, 16) bucket, new config
+            out, _ = forward_backward(model, lora, make_batch(data[:n])[0],
+                                      scaled_cross_entropy, {"scale": scale})
+        assert traces.count == 0
+        # the traced loss config really is used
+        base, _ = forward_backward(model, lora, make_batch(data[:5])[0], scaled_cross_entropy,
+                                   {"scale": 1.0})
+        assert float(out.loss) == pytest.approx(3.0 * float(base.loss), rel=1e-5)
+        # a new bucket compiles once more
+        long = [reversal_datum("abcdefghijkl")]
+        forward_backward(model, lora, make_batch(long)[0], scaled_cross_entropy, {"scale": 1.0})
+        assert traces.count == 1
 
 
 def test_accumulate_sums_gradients(model, lora, data):
@@ -183,17 +183,17 @@ def test_adamw_matches_torch_semantics(clip):
                 grad_clip_norm=clip) for lr in (0.1, 0.05, 0.02)]
     lora = Lora({"unembed": {k: jnp.asarray(v) for k, v in params.items()}})
     state = init_optimizer(lora)
-    before = dict(TRACE_COUNTS)
-    for g, hp in zip(grads, hps):
-        glora = Lora({"unembed": {k: jnp.asarray(v) for k, v in g.items()}})
-        lora, state, metrics = optim_step(lora, state, glora, hp)
-        norm = np.sqrt(sum(np.sum(x.astype(np.float64) ** 2) for x in g.values()))
-        assert float(metrics["grad_norm"]) == pytest.approx(norm, rel=1e-5)
-        assert float(metrics["learning_rate"]) == pytest.approx(hp["learning_rate"])
-        if clip:
-            assert float(metrics["grad_norm_clipped"]) == pytest.approx(clip, rel=1e-4)
+    with count_traces("_optim_step_impl") as traces:
+        for g, hp in zip(grads, hps):
+            glora = Lora({"unembed": {k: jnp.asarray(v) for k, v in g.items()}})
+            lora, state, metrics = optim_step(lora, state, glora, hp)
+            norm = np.sqrt(sum(np.sum(x.astype(np.float64) ** 2) for x in g.values()))
+            assert float(metrics["grad_norm"]) == pytest.approx(norm, rel=1e-5)
+            assert float(metrics["learning_rate"]) == pytest.approx(hp["learning_rate"])
+            if clip:
+                assert float(metrics["grad_norm_clipped"]) == pytest.approx(clip, rel=1e-4)
     # one trace at most for the three steps: the learning rate is traced
-    assert TRACE_COUNTS["optim_step"] - before.get("optim_step", 0) <= 1
+    assert traces.count <= 1
     # reference: per-step hyperparameters through the same moments
     p = {k: v.astype(np.float64) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in p.items()}

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from model_testlib import CFG, jit_logits
 
+from tests.support.jax_traces import count_traces
 from tinkex_jax.errors import ValidationError
-from tinkex_jax.local.model import TRACE_COUNTS, Sampler, find_stop_string
+from tinkex_jax.local.model import Sampler, find_stop_string
 
 PROMPT = [5, 17, 3, 42, 8]
 
@@ -145,14 +146,14 @@ def test_prompt_logprobs_and_topk(model, lora, sampler):
 
 def test_no_recompilation_inside_a_bucket(sampler):
     sampler.sample([1, 2, 3], max_tokens=8, seed=0)  # warm the (B=1, S=16) bucket
-    before = dict(TRACE_COUNTS)
-    for prompt, kw in [([4, 5, 6, 7, 8], dict(temperature=0.5, top_k=4, seed=1)),
-                       ([9] * 7, dict(temperature=0.0, seed=2)),
-                       ([2, 3], dict(top_p=0.3, max_tokens=5, seed=2**63)),
-                       ([1, 2, 3, 4], dict(stop_token_ids=[3, 4, 5], seed=3))]:
-        sampler.sample(prompt, **{"max_tokens": 8, **kw})
-    for name in ("sample_prefill", "sample_start", "sample_decode"):
-        assert TRACE_COUNTS[name] == before[name], name
+    with count_traces("_decode_impl") as traces:
+        for prompt, kw in [([4, 5, 6, 7, 8], dict(temperature=0.5, top_k=4, seed=1)),
+                           ([9] * 7, dict(temperature=0.0, seed=2)),
+                           ([2, 3], dict(top_p=0.3, max_tokens=5, seed=2**63)),
+                           ([1, 2, 3, 4], dict(stop_token_ids=[3, 4, 5], seed=3))]:
+            sampler.sample(prompt, **{"max_tokens": 8, **kw})
+    for name in ("_prefill_impl", "_start_impl", "_decode_impl"):
+        assert name not in traces.names, name
 
 
 def test_validation_errors(sampler):

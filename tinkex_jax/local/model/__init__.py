@@ -43,7 +43,6 @@ from .presets import PRESET_CONFIGS, load_preset, preset_names, resolve_base_mod
 from .runtime import (
     ADAM_DEFAULTS,
     DEFAULT_BUCKETS,
-    TRACE_COUNTS,
     Batch,
     BatchLayout,
     Buckets,
@@ -97,7 +96,6 @@ __all__ = [
     "SampledSequence",
     "Sampler",
     "StopReason",
-    "TRACE_COUNTS",
     "accumulate",
     "build_byte_tokenizer",
     "config_from_hf",

@@ -19,8 +19,7 @@ Everything the server calls for training lives here:
   ``grad_clip_norm > 0``. All six hyperparameters are traced per step.
 
 The functions are module-level ``jax.jit`` objects: compiled code is shared by every model and
-adapter with the same shapes. `TRACE_COUNTS` counts Python traces (= compilations) per
-function, for tests and diagnostics.
+adapter with the same shapes.
 
 Example:
     >>> import numpy as np
@@ -43,7 +42,6 @@ Example:
 
 from __future__ import annotations
 
-import collections
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,7 +68,6 @@ __all__ = [
     "Model",
     "OptState",
     "PerTokenLoss",
-    "TRACE_COUNTS",
     "accumulate",
     "forward",
     "forward_backward",
@@ -81,9 +78,6 @@ __all__ = [
     "optimizer_state_to_arrays",
     "split_outputs",
 ]
-
-TRACE_COUNTS: collections.Counter[str] = collections.Counter()
-"""How many times each jitted runtime/sampler function was traced (= compiled) so far."""
 
 PerTokenLoss = Callable[[jax.Array, Mapping[str, jax.Array], jax.Array, Mapping[str, jax.Array]],
                         jax.Array]
@@ -339,7 +333,6 @@ def _loss_terms(model: Model, lora: Lora | None, batch: Batch,
 def _forward_impl(model: Model, lora: Lora | None, batch: Batch,
                   per_token_loss: PerTokenLoss | None,
                   loss_config: Mapping[str, jax.Array]) -> ForwardOutput:
-    TRACE_COUNTS["forward"] += 1
     loss, (lp, per) = _loss_terms(model, lora, batch, per_token_loss, loss_config)
     return ForwardOutput(lp, per, loss)
 
@@ -347,7 +340,6 @@ def _forward_impl(model: Model, lora: Lora | None, batch: Batch,
 def _forward_backward_impl(model: Model, lora: Lora, batch: Batch,
                            per_token_loss: PerTokenLoss,
                            loss_config: Mapping[str, jax.Array]) -> tuple[ForwardOutput, Lora]:
-    TRACE_COUNTS["forward_backward"] += 1
 
     def objective(adapter: Lora) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         return _loss_terms(model, adapter, batch, per_token_loss, loss_config)
@@ -423,7 +415,6 @@ def forward_backward(model: Model, lora: Lora, batch: Batch, per_token_loss: Per
 
 
 def _accumulate_impl(acc: Lora, grads: Lora) -> Lora:
-    TRACE_COUNTS["accumulate"] += 1
     return jax.tree.map(jnp.add, acc, grads)
 
 
@@ -473,7 +464,6 @@ def init_optimizer(lora: Lora) -> OptState:
 
 def _optim_step_impl(lora: Lora, state: OptState, grads: Lora,
                      hp: Mapping[str, jax.Array]) -> tuple[Lora, OptState, dict[str, jax.Array]]:
-    TRACE_COUNTS["optim_step"] += 1
     g = grads.weights
     grad_norm = optax.tree.norm(g)
     clip = hp["grad_clip_norm"]

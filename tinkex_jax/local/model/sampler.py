@@ -65,7 +65,7 @@ from tinkex_jax.errors import invalid
 from .config import ModelConfig
 from .decoder import DecodeWeights, KVCache, decode_step, prefill
 from .lora import Lora, _seed_key_data, merge_for_decoding
-from .runtime import DEFAULT_BUCKETS, TRACE_COUNTS, Buckets, Model
+from .runtime import DEFAULT_BUCKETS, Buckets, Model
 
 __all__ = [
     "SampleResult",
@@ -118,7 +118,6 @@ class SampleResult:
 
 def _prefill_impl(weights: DecodeWeights, tokens: jax.Array, cache_len: int,
                   config: ModelConfig) -> tuple[jax.Array, KVCache]:
-    TRACE_COUNTS["sample_prefill"] += 1
     return prefill(weights, tokens, cache_len, config)
 
 
@@ -127,7 +126,6 @@ _prefill_jit = jax.jit(_prefill_impl, static_argnames=("cache_len", "config"))
 
 def _prompt_scores_impl(unembed: jax.Array, hidden: jax.Array, targets: jax.Array,
                         k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    TRACE_COUNTS["sample_prompt_scores"] += 1
     logp = jax.nn.log_softmax((hidden @ unembed).astype(jnp.float32), axis=-1)
     picked = jnp.take_along_axis(logp, targets[:, None], axis=-1)[:, 0]
     if k == 0:
@@ -142,7 +140,6 @@ _prompt_scores_jit = jax.jit(_prompt_scores_impl, static_argnames=("k",))
 
 def _start_impl(cache1: KVCache, prompt_row: jax.Array, key_data: jax.Array,
                 batch: int) -> tuple[KVCache, dict[str, jax.Array]]:
-    TRACE_COUNTS["sample_start"] += 1
     cache = [(jnp.broadcast_to(k, (batch, *k.shape[1:])),
               jnp.broadcast_to(v, (batch, *v.shape[1:]))) for k, v in cache1]
     base = jax.random.wrap_key_data(key_data)
@@ -208,7 +205,6 @@ def _choose(logits: jax.Array, keys: jax.Array, pos: jax.Array,
 def _decode_impl(weights: DecodeWeights, cache: KVCache, state: dict[str, jax.Array],
                  pos: jax.Array, n_steps: jax.Array, params: dict[str, jax.Array],
                  config: ModelConfig) -> tuple[KVCache, dict[str, jax.Array], jax.Array]:
-    TRACE_COUNTS["sample_decode"] += 1
     S = state["tokens"].shape[1]
 
     def cond(carry: tuple[Any, ...]) -> jax.Array:
