@@ -97,6 +97,11 @@ class Future(Generic[T]):
     def __await__(self) -> Generator[Any, None, T]:
         return self.result_async().__await__()
 
+    async def coroutine(self) -> T:
+        """The result as a coroutine (the official SDK's spelling of ``await future``), for
+        ``asyncio.gather(*(f.coroutine() for f in futures))``."""
+        return await self.result_async()
+
     def done(self) -> bool:
         """Whether the result (or an error) has arrived, or the future was cancelled."""
         return self._future.done()

@@ -669,10 +669,13 @@ class TrainingClient:
         """``await tc.forward_backward_async(...)`` gives the Future."""
         return self.forward_backward(data, loss_fn, loss_fn_config)
 
-    async def forward_backward_custom_async(self, data: Sequence[Datum], loss_fn: Any,
-                                            **kwargs: Any) -> Future[ForwardBackwardOutput]:
+    async def forward_backward_custom_async(
+            self, data: Sequence[Datum], loss_fn: Any, *,
+            loss_type_input: Literal["logprobs"] | None = None, **kwargs: Any
+    ) -> Future[ForwardBackwardOutput]:
         """``await tc.forward_backward_custom_async(...)`` gives the Future."""
-        return self.forward_backward_custom(data, loss_fn, **kwargs)
+        return self.forward_backward_custom(data, loss_fn, loss_type_input=loss_type_input,
+                                            **kwargs)
 
     async def optim_step_async(self, optim_params: AdamParams | DimuonParams | None = None, *,
                                adam_params: AdamParams | None = None

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -39,6 +40,7 @@ import numpy as np
 __all__ = [
     "FrozenDict",
     "FrozenList",
+    "PositionalWireStructMeta",
     "WireStruct",
     "force_set",
     "freeze",
@@ -222,6 +224,16 @@ def _frozen_after(post_init: Callable[[Any], None] | None) -> Callable[[Any], No
     return __post_init__
 
 
+def _tag_property(tag: str) -> property:
+    """A read-only ``type`` attribute giving the struct's wire tag (as the official types
+    have a ``type`` field)."""
+
+    def get(self: Any) -> str:
+        return tag
+
+    return property(get, doc=f"The tag of this type on the wire: ``{tag!r}``.")
+
+
 class WireStructMeta(msgspec.StructMeta):
     """Gives every wire struct value semantics: the class's own ``__post_init__`` (if any)
     runs first, then `freeze`. A class whose ``__post_init__`` already
@@ -237,7 +249,38 @@ class WireStructMeta(msgspec.StructMeta):
                 raise TypeError(f"{name}: __freezes_itself__ needs a __post_init__ that does it")
         elif own is not None or not any(isinstance(b, WireStructMeta) for b in bases):
             namespace["__post_init__"] = _frozen_after(own)
-        return super().__new__(mcls, name, bases, namespace, **kwargs)
+        cls = super().__new__(mcls, name, bases, namespace, **kwargs)
+        config = cls.__struct_config__
+        if config.tag_field == "type" and isinstance(config.tag, str) and "type" not in namespace \
+                and "type" not in cls.__struct_fields__:
+            setattr(cls, "type", _tag_property(config.tag))  # noqa: B010 (one per class)
+        return cls
+
+
+class PositionalWireStructMeta(WireStructMeta):
+    """For the few structs the official SDK lets you build positionally (dataclasses there,
+    e.g. ``Datum(model_input, loss_fn_inputs)``): positional arguments fill the fields in
+    their declared order; keywords work as everywhere else."""
+
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        """msgspec's signature with every parameter positional-or-keyword, as accepted."""
+        keyword_only = msgspec.StructMeta.__signature__.__get__(cls)
+        return keyword_only.replace(parameters=[
+            p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            for p in keyword_only.parameters.values()])
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            names = cls.__struct_fields__
+            if len(args) > len(names):
+                raise TypeError(f"{cls.__name__}() takes at most {len(names)} positional "
+                                f"arguments ({', '.join(names)}); {len(args)} were given")
+            for name, value in zip(names, args):
+                if name in kwargs:
+                    raise TypeError(f"{cls.__name__}() got multiple values for {name!r}")
+                kwargs[name] = value
+        return super().__call__(**kwargs)
 
 
 class WireStruct(msgspec.Struct, frozen=True, kw_only=True, metaclass=WireStructMeta):

@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 
 from ..errors import invalid
-from ._base import FrozenList, WireStruct, force_set, is_array_like
+from ._base import FrozenList, PositionalWireStructMeta, WireStruct, force_set, is_array_like
 from ._model_input import ModelInput
 from ._tensor import TensorData, TensorDtype, _is_torch_tensor
 
@@ -252,7 +252,7 @@ def check_provenance(datum: Datum, where: str = "Datum") -> None:
                           "make the span lengths add up to len(target_tokens)")
 
 
-class Datum(WireStruct, frozen=True, kw_only=True):
+class Datum(WireStruct, frozen=True, kw_only=True, metaclass=PositionalWireStructMeta):
     """One training example: the model input and per-token loss inputs.
 
     ``loss_fn_inputs`` accepts TensorData, plain lists and numpy / jax / torch arrays; they
@@ -277,7 +277,7 @@ class Datum(WireStruct, frozen=True, kw_only=True):
     loss_fn_input_spans: _Spans | None = None
 
     if TYPE_CHECKING:
-        def __init__(self, *, model_input: ModelInput,
+        def __init__(self, model_input: ModelInput,
                      loss_fn_inputs: Mapping[str, Any] | None = None,
                      model_input_spans: Iterable[ProvenanceSpan] | None = None,
                      loss_fn_input_spans: Iterable[ProvenanceSpan] | None = None) -> None: ...
@@ -342,3 +342,4 @@ class Datum(WireStruct, frozen=True, kw_only=True):
         copied = copy.copy(self)
         force_set(copied, "loss_fn_inputs", inputs)
         return copied
+

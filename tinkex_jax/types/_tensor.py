@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union
@@ -120,9 +121,19 @@ def _as_flat(values: Any, dtype: np.dtype[Any], where: str) -> np.ndarray:
     return readonly_array(flat)
 
 
+_TENSOR_SIGNATURE = inspect.Signature([
+    inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+    for name in ("data", "dtype", "shape", "sparse_crow_indices", "sparse_col_indices")
+] + [inspect.Parameter("values", inspect.Parameter.KEYWORD_ONLY, default=None)])
+
+
 class _TensorDataMeta(WireStructMeta):
     """Lets ``TensorData(data=..., ...)`` fill the ``values`` field (``data`` is a property
     that returns a list, as in the official SDK)."""
+
+    @property
+    def __signature__(cls) -> inspect.Signature:  # what __call__ accepts, for inspect
+        return _TENSOR_SIGNATURE
 
     def __call__(cls, data: Any = None, dtype: TensorDtype | None = None,
                  shape: Any = None, sparse_crow_indices: Any = None,
@@ -433,3 +444,4 @@ class TensorData(WireStruct, frozen=True, kw_only=True, eq=False, metaclass=_Ten
         preview = np.array2string(self.values[:8], separator=", ")
         more = ", ..." if self.values.size > 8 else ""
         return f"TensorData({kind}{self.dtype}, shape={list(self.shape)}, data={preview}{more})"
+
