@@ -3,7 +3,7 @@ official SDK.)
 
 The credential is found as every client finds it (see `tinkex_jax.ServiceClient`): the
 ``TINKER_API_KEY`` environment variable, ``TINKER_CREDENTIAL_CMD``, the default key stored
-by ``tinker auth login``, or, for a base URL on this machine, the local backend's key.
+by ``tinkex auth login``, or, for a base URL on this machine, the local backend's key.
 
 Example:
     >>> from tinkex_jax import auth

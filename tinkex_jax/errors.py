@@ -256,6 +256,11 @@ class APIConnectionError(APIError):
     ``APIConnectionError("message", method=..., url=...)``: a string first argument is the
     message.
 
+    Attributes:
+        server_never_answered: True when no server at the base URL had answered this client
+            yet (refused connection, unknown host, connect timeout). Such a failure is
+            final after ``wait_for_server`` seconds instead of being retried for minutes.
+
     Example:
         >>> from tinkex_jax.errors import APIConnectionError
         >>> APIConnectionError("no route to host").message
@@ -263,6 +268,7 @@ class APIConnectionError(APIError):
     """
 
     _DEFAULT_MESSAGE = "Connection error."
+    server_never_answered: bool = False
 
     def __init__(
         self,

@@ -127,8 +127,8 @@ class Telemetry:
         self._index = 0
         self._sessionless_id = f"sessionless-{uuid.uuid4()}"
         self.process_uuid = str(uuid.uuid4())
-        self._last_warning = float("-inf")
         self.sent_batches = 0
+        self.dropped = 0
 
     def _common(self) -> dict[str, Any]:
         with self._lock:
@@ -176,7 +176,8 @@ class Telemetry:
         return len(self._events)
 
     async def flush(self) -> None:
-        """Send every queued event, in batches; a failed batch is dropped with a warning."""
+        """Send every queued event, in batches; a failed batch is dropped (logged at DEBUG:
+        telemetry is the SDK's business, never a reason to bother the user)."""
         while self._events:
             batch: list[TelemetryEvent] = []
             while self._events and len(batch) < self.MAX_BATCH:
@@ -190,11 +191,9 @@ class Telemetry:
                 await self._send(request)
                 self.sent_batches += 1
             except Exception as error:
-                now = self._runtime.clock()
-                if now - self._last_warning >= 60.0:
-                    self._last_warning = now
-                    logger.warning("Dropped %d telemetry events (%s). Set TINKER_TELEMETRY=0 to "
-                                   "turn telemetry off.", len(batch), type(error).__name__)
+                self.dropped += len(batch)
+                logger.debug("dropped %d telemetry events (%s); TINKER_TELEMETRY=0 turns "
+                             "telemetry off", len(batch), type(error).__name__)
 
     async def run(self) -> None:
         """Flush every 10 s until cancelled."""

@@ -7,8 +7,9 @@ stored credentials file (``~/.tinker/credentials.json``, located from that mappi
 
 Credentials (§1.2), first match wins: the ``api_key`` argument, ``TINKER_API_KEY``,
 ``TINKER_CREDENTIAL_CMD`` (a shell command printing a credential, run for every request by
-the auth flow in `tinkex_jax._shell._auth`), the default key stored by ``tinker auth login``,
-and on a loopback base URL the local backend's ``tml-local``.
+the auth flow in `tinkex_jax._shell._auth`), the default key stored by ``tinkex auth login``
+(or the official ``tinker auth login``), and on a loopback base URL the local backend's
+``tml-local``.
 
 Example:
     >>> s = resolve_settings(api_key="tml-abc", env={"TINKER_TAGS": "b,a,b"})
@@ -41,6 +42,7 @@ from ._constants import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
+    DEFAULT_WAIT_FOR_SERVER,
     PACKAGE_VERSION,
     PROTOCOL_VERSION,
 )
@@ -130,6 +132,10 @@ class Settings:
         default_headers: Extra headers sent on every request (override the defaults).
         timeout: Default request timeout.
         max_retries: Default base-client retries (§6.1).
+        wait_for_server: Seconds to keep retrying a refused connection, an unknown host or a
+            connect timeout while no server at `base_url` has answered this client yet;
+            after that the request fails (a server that has answered once gets the full
+            retry policy of §6 instead).
         proxy: Explicit proxy URL (None: the standard proxy variables, via trust_env).
         trust_env: Whether httpx reads ``HTTP(S)_PROXY`` / ``NO_PROXY`` / ``SSL_CERT_FILE``.
         credential_cmd: ``TINKER_CREDENTIAL_CMD`` when set (also when a static key wins: a
@@ -150,6 +156,7 @@ class Settings:
     timeout: httpx.Timeout = dataclasses.field(
         default_factory=lambda: httpx.Timeout(DEFAULT_TIMEOUT, connect=DEFAULT_CONNECT_TIMEOUT))
     max_retries: int = DEFAULT_MAX_RETRIES
+    wait_for_server: float = DEFAULT_WAIT_FOR_SERVER
     proxy: Secret | None = None
     trust_env: bool = True
     credential_cmd: Secret | None = None
@@ -162,7 +169,8 @@ class Settings:
                 f"credential_origin={self.credential_origin!r}, "
                 f"project_id={self.project_id!r}, tags={self.tags!r}, "
                 f"telemetry={self.telemetry}, default_headers={headers!r} (values redacted), "
-                f"max_retries={self.max_retries}, proxy={'<set>' if self.proxy else None})")
+                f"max_retries={self.max_retries}, wait_for_server={self.wait_for_server:g}, "
+                f"proxy={'<set>' if self.proxy else None})")
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret string, for redaction of messages and logs."""
@@ -281,7 +289,7 @@ def check_api_key(key: str, *, now: float | None = None, where: str = "api_key")
 
 
 def credentials_path(env: Mapping[str, str]) -> Path | None:
-    """Where ``tinker auth login`` stores keys: ``<home>/.tinker/credentials.json``, the home
+    """Where ``tinkex auth login`` (and the official ``tinker auth login``) store keys: ``<home>/.tinker/credentials.json``, the home
     directory taken from `env` (``HOME``, else ``USERPROFILE``); None without either.
 
     Example:
@@ -295,7 +303,7 @@ def credentials_path(env: Mapping[str, str]) -> Path | None:
 
 
 def read_stored_key(path: Path | None) -> str | None:
-    """The default key of a credentials file (the shape ``tinker auth login`` writes).
+    """The default key of a credentials file (the shape ``tinkex auth login`` writes).
 
     The file is ``{"version": 1, "default": "<name>", "keys": {"<name>": {"key": "tml-...",
     ...}}}``; several keys may be stored, the one named by ``default`` is used. A missing
@@ -315,7 +323,7 @@ def read_stored_key(path: Path | None) -> str | None:
     """
     if path is None:
         return None
-    fix = ("Fix: run `tinker auth login` again, or set TINKER_API_KEY (which takes "
+    fix = ("Fix: run `tinkex auth login` again, or set TINKER_API_KEY (which takes "
            "precedence over the file)")
     try:
         raw = path.read_text(encoding="utf-8")
@@ -380,6 +388,26 @@ def _timeout(value: float | httpx.Timeout | None) -> httpx.Timeout:
     return httpx.Timeout(float(value), connect=min(float(value), DEFAULT_CONNECT_TIMEOUT))
 
 
+def _wait_for_server(value: float | None, env_text: str | None) -> float:
+    """`value`, else ``TINKEX_WAIT_FOR_SERVER``, else the default; seconds >= 0."""
+    if value is None and env_text is not None:
+        try:
+            parsed = float(env_text)
+        except ValueError:
+            parsed = -1.0
+        if not parsed >= 0:  # also NaN
+            raise TinkerError(f"TINKEX_WAIT_FOR_SERVER: expected seconds >= 0 such as 120, got "
+                              f"{env_text!r}. Fix: set it to a number, or unset it for the "
+                              f"default ({DEFAULT_WAIT_FOR_SERVER:g} s)")
+        return parsed
+    if value is None:
+        return DEFAULT_WAIT_FOR_SERVER
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise TinkerError(f"wait_for_server: expected seconds >= 0 such as 120, got {value!r}. "
+                          "Fix: pass a number (0 fails on the first refused connection)")
+    return float(value)
+
+
 def resolve_settings(
     *,
     api_key: str | None = None,
@@ -390,6 +418,7 @@ def resolve_settings(
     default_headers: Mapping[str, str] | None = None,
     timeout: float | httpx.Timeout | None = None,
     max_retries: int | None = None,
+    wait_for_server: float | None = None,
     proxy: str | None = None,
     trust_env: bool = True,
     env: Mapping[str, str],
@@ -399,8 +428,8 @@ def resolve_settings(
 
     Environment: ``TINKER_API_KEY``, ``TINKER_CREDENTIAL_CMD``, ``TINKER_BASE_URL``,
     ``TINKER_PROJECT_ID``, ``TINKER_TAGS``, ``TINKER_TELEMETRY``, ``TINKER_LOG``,
-    ``CLOUDFLARE_ACCESS_CLIENT_ID`` / ``_SECRET``, and ``HOME`` to find the stored
-    credentials. Empty values count as unset.
+    ``CLOUDFLARE_ACCESS_CLIENT_ID`` / ``_SECRET``, ``TINKEX_WAIT_FOR_SERVER`` (seconds), and
+    ``HOME`` to find the stored credentials. Empty values count as unset.
 
     The credential (PROTOCOL.md §1.2), first match wins: `api_key`, ``TINKER_API_KEY``,
     ``TINKER_CREDENTIAL_CMD`` (not run here: the auth flow runs it for every request), the
@@ -410,7 +439,7 @@ def resolve_settings(
 
     Raises:
         TinkerError: no credential, a malformed key, an unreadable credentials file, a bad
-            base URL, timeout or max_retries.
+            base URL, timeout, max_retries or wait_for_server.
 
     Example:
         >>> env = {"TINKER_BASE_URL": "http://127.0.0.1:8000/", "TINKER_TELEMETRY": "0"}
@@ -445,7 +474,7 @@ def resolve_settings(
                 raise TinkerError(
                     "The API key is not set. Fix: set TINKER_API_KEY, or pass "
                     "ServiceClient(api_key='tml-...'), or set TINKER_CREDENTIAL_CMD to a command "
-                    "that prints a credential, or store a default key with `tinker auth login` "
+                    "that prints a credential, or store a default key with `tinkex auth login` "
                     "(~/.tinker/credentials.json). (The embedded local backend on 127.0.0.1 "
                     "needs no key.)")
             key, origin = LOCAL_API_KEY, "local default"
@@ -455,6 +484,7 @@ def resolve_settings(
     if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(
             max_retries, int) or max_retries < 0):
         raise TinkerError(f"max_retries: expected an int >= 0, got {max_retries!r}")
+    wait = _wait_for_server(wait_for_server, env_value("TINKEX_WAIT_FOR_SERVER"))
     cf_secret = env_value("CLOUDFLARE_ACCESS_CLIENT_SECRET")
     headers = {str(k): str(v) for k, v in (default_headers or {}).items()}
     return Settings(
@@ -470,6 +500,7 @@ def resolve_settings(
         default_headers=MappingProxyType(headers),
         timeout=_timeout(timeout),
         max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
+        wait_for_server=wait,
         proxy=Secret(proxy) if proxy else None,
         trust_env=trust_env,
         credential_cmd=Secret(command.strip()) if command is not None else None,

@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_TIMEOUT",
+    "DEFAULT_WAIT_FOR_SERVER",
     "ENDPOINTS",
     "PACKAGE_VERSION",
     "PROTOCOL_VERSION",
@@ -32,6 +33,9 @@ DEFAULT_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_MAX_RETRIES = 10
+#: Seconds the SDK keeps retrying a refused connection or an unknown host before the server
+#: has answered once (``ServiceClient(wait_for_server=...)``, ``TINKEX_WAIT_FOR_SERVER``).
+DEFAULT_WAIT_FOR_SERVER = 5.0
 
 RequestType = Literal[
     "CreateModel", "ForwardBackward", "Forward", "OptimStep", "SaveWeights", "LoadWeights",

@@ -10,7 +10,14 @@ Example:
     >>> type(err).__name__, err.status_code
     ('NotFoundError', 404)
     >>> print(err)
-    TrainingClient.get_info: POST /api/v1/get_info answered HTTP 404 (Not Found): no such model. What to do: check the id or path you passed; the model, checkpoint or session does not exist (or this server does not implement the endpoint).
+    TrainingClient.get_info: POST /api/v1/get_info answered HTTP 404 (Not Found): no such model. What to do: check the id or tinker:// path you passed (it may have been deleted or expired), and that base_url points at a Tinker server.
+
+A server message that already says what to do (``Fix: ...``) is kept as the advice:
+
+    >>> print(status_error(400, {}, b'{"detail": "rank 0 is too small. Fix: pass rank >= 1."}',
+    ...                    method="POST", url="http://h/api/v1/create_model",
+    ...                    sdk_method=None, secrets=()))
+    tinkex_jax: POST /api/v1/create_model answered HTTP 400 (Bad Request): rank 0 is too small. Fix: pass rank >= 1.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from ..errors import (
     RequestFailedError,
     status_error_class,
 )
+from ._waits import describe_no_answer
 
 __all__ = [
     "SecretSet",
@@ -148,34 +156,51 @@ def _detail(body: object) -> str:
 
 
 _HINTS: dict[int, str] = {
-    400: "fix the request as the server's message says (the SDK validated what it could "
-         "before sending)",
-    401: "check the API key: set TINKER_API_KEY or pass api_key='tml-...' to ServiceClient",
-    402: "the account has a billing problem; fix it in the Tinker console (requests paused "
-         "for the billing window before this error)",
-    403: "the API key may not access this resource; check the project or ask its owner "
-         "for access",
-    404: "check the id or path you passed; the model, checkpoint or session does not exist "
-         "(or this server does not implement the endpoint)",
-    409: "the request conflicts with the resource's state (e.g. a checkpoint name already "
-         "exists: pass overwrite=True or choose another name)",
-    410: "the server no longer has this request's result; submit the request again",
-    422: "the request was well formed but the server rejected its values; see the message",
-    429: "too many requests: the SDK already retried; lower your concurrency or wait",
+    400: "change the request as the server's message says",
+    401: "check the API key: set TINKER_API_KEY, pass api_key='tml-...' to ServiceClient, or "
+         "store a key with `tinkex auth login`",
+    402: "fix the account's billing in the Tinker console (the SDK paused its requests for "
+         "the billing window before giving up)",
+    403: "use a key that may access this resource, or ask the project's owner for access",
+    404: "check the id or tinker:// path you passed (it may have been deleted or expired), "
+         "and that base_url points at a Tinker server",
+    409: "resolve the conflict the message names; for a checkpoint name that is taken, "
+         "choose another name or pass overwrite=True",
+    410: "submit the request again: the server no longer has its result",
+    422: "change the values the server's message names",
+    429: "lower how many requests you keep in flight, or wait a little (the SDK already "
+         "retried)",
 }
 
 
 def hint_for(status: int) -> str:
-    """What the user can do about an HTTP status.
+    """What the user can do about an HTTP status (one imperative clause, no final period).
 
     Example:
-        >>> hint_for(503).startswith("the server failed")
-        True
+        >>> print(hint_for(503))
+        try again later (the SDK already retried); if it persists, report the time and the request path to the server's operators
     """
     if status >= 500:
-        return ("the server failed; the SDK already retried. Try again later, or report it "
-                "with the time and the request path")
-    return _HINTS.get(status, "see the server's message")
+        return ("try again later (the SDK already retried); if it persists, report the time "
+                "and the request path to the server's operators")
+    return _HINTS.get(status, "read the server's message above")
+
+
+def _sentence(text: str) -> str:
+    """`text` ending in exactly one sentence mark (no doubled ``..``).
+
+    Example:
+        >>> _sentence("no such model"), _sentence("no such model."), _sentence("why?")
+        ('no such model.', 'no such model.', 'why?')
+    """
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _says_what_to_do(detail: str) -> bool:
+    """Whether the server's message already says what to do (so no generic advice is added,
+    which could contradict it)."""
+    return any(mark in detail for mark in ("Fix:", "What to do:", "fix:"))
 
 
 def _path_of(url: str) -> str:
@@ -204,8 +229,10 @@ def status_error(
     secrets = tuple(secrets)
     body = decode_body(content, secrets)
     where = sdk_method or "tinkex_jax"
+    detail = _detail(body)
+    advice = "" if _says_what_to_do(detail) else f" What to do: {hint_for(status)}."
     message = (f"{where}: {method} {_path_of(url)} answered HTTP {status} ({_reason(status)}): "
-               f"{_detail(body)}. {note}What to do: {hint_for(status)}.")
+               f"{_sentence(detail)}{' ' + note.strip() if note.strip() else ''}{advice}")
     cls = status_error_class(status)
     return cls(redact(message, secrets), status_code=status, method=method,
                url=redact(url, secrets), body=body,
@@ -220,23 +247,55 @@ def connection_error(
     sdk_method: str | None,
     secrets: Iterable[str],
     attempts: int,
+    elapsed: float | None = None,
+    never_answered: bool = False,
 ) -> APIConnectionError:
-    """Build an `APIConnectionError` / `APITimeoutError` for a request with no answer."""
+    """Build an `APIConnectionError` / `APITimeoutError` for a request with no answer.
+
+    `never_answered`: no server at this base URL has answered the client yet, so the message
+    is about a missing or wrong server (and the error is not retried further).
+
+    Example:
+        >>> refused = ConnectionRefusedError(111, "Connect call failed")
+        >>> err = connection_error(refused, method="POST", url="http://127.0.0.1:9/api/v1/x",
+        ...                        sdk_method="ServiceClient.get_server_capabilities",
+        ...                        secrets=(), attempts=4, elapsed=2.6, never_answered=True)
+        >>> print(err)  # doctest: +NORMALIZE_WHITESPACE
+        ServiceClient.get_server_capabilities: no Tinker server answered at
+        http://127.0.0.1:9 (connection refused; 4 tries in 2.6 s). What to do: check base_url
+        / TINKER_BASE_URL, or start a local server (`tinkex serve`); to wait for a server
+        that is still starting, pass ServiceClient(wait_for_server=120) or set
+        TINKEX_WAIT_FOR_SERVER=120.
+    """
     secrets = tuple(secrets)
     where = sdk_method or "tinkex_jax"
+    base = url.split("/api/v1/")[0]
     timed_out = isinstance(error, TimeoutError) or "Timeout" in type(error).__name__
-    what = "timed out" if timed_out else f"got no answer ({type(error).__name__}: {error})"
-    tries = f" after {attempts} attempts" if attempts > 1 else ""
-    message = (f"{where}: {method} {_path_of(url)} {what}{tries}. What to do: check that the "
-               f"server at {url.split('/api/v1/')[0]} is reachable (base_url, network, proxy "
-               "settings) and try again.")
+    reason = describe_no_answer(error, url)
+    tries = f"{attempts} tries" if attempts > 1 else "1 try"
+    if elapsed is not None and attempts > 1:
+        tries += f" in {elapsed:.1f} s"
+    if never_answered:
+        message = (f"{where}: no Tinker server answered at {base} ({reason}; {tries}). "
+                   "What to do: check base_url / TINKER_BASE_URL, or start a local server "
+                   "(`tinkex serve`); to wait for a server that is still starting, pass "
+                   "ServiceClient(wait_for_server=120) or set TINKEX_WAIT_FOR_SERVER=120.")
+    else:
+        slow = (", or pass a larger timeout= to ServiceClient if the request is slow"
+                if timed_out else "")
+        message = (f"{where}: {method} {_path_of(url)} got no answer from {base} ({reason}; "
+                   f"{tries}). What to do: check that the server is still running and "
+                   f"reachable (network, proxy settings){slow}, then try again.")
     cls = APITimeoutError if timed_out else APIConnectionError
-    return cls(redact(message, secrets), method=method, url=redact(url, secrets))
+    built = cls(redact(message, secrets), method=method, url=redact(url, secrets))
+    built.server_never_answered = never_answered
+    return built
 
 
 _CATEGORY_HINTS: dict[str, str] = {
-    "user": "the request was invalid for this model or server; fix its inputs",
-    "server": "the server failed while running it; retry later or report the request id",
+    "user": "change the request's inputs as the message says",
+    "server": "retry later; if it fails again, report the request id to the server's "
+              "operators",
     "unknown": "retry; if it fails again, report the request id",
 }
 
@@ -255,8 +314,10 @@ def request_failed_error(
     category: RequestErrorCategory = (
         raw_category if raw_category in ("user", "server") else "unknown")  # type: ignore[assignment]
     where = sdk_method or "tinkex_jax"
+    detail = _detail(body.get("error"))
+    advice = ("" if _says_what_to_do(detail)
+              else f" What to do: {_CATEGORY_HINTS[category]}.")
     message = (f"{where}: the server reported that {request_type} request {request_id} failed "
-               f"(category {category}): {_detail(body.get('error'))}. What to do: "
-               f"{_CATEGORY_HINTS[category]}.")
+               f"(category {category}): {_sentence(detail)}{advice}")
     return RequestFailedError(redact(message, secrets), category=category,
                               request_id=request_id, body=redact_value(dict(body), secrets))

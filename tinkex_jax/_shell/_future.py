@@ -25,7 +25,9 @@ class Future(Generic[T]):
     """The result of a request that is running in the background.
 
     Submitting methods return at once with a `Future`; the request is already on its way
-    (and its result is being polled) whether or not you wait for it.
+    (and its result is being polled) whether or not you wait for it. Reading an attribute of
+    the result on the future itself (``fb.metrics``) raises an `AttributeError` that names
+    the missing ``.result()``.
 
     Example:
         >>> f = Future.completed(42)
@@ -36,6 +38,10 @@ class Future(Generic[T]):
         ...     return await Future.completed("awaited")
         >>> asyncio.run(main())
         'awaited'
+        >>> Future.completed(1.5).real
+        Traceback (most recent call last):
+        ...
+        AttributeError: 'Future' object has no attribute 'real': `real` belongs to its result, a float. Call .result() first: `future.result().real` (or `(await future).real`).
     """
 
     __slots__ = ("__weakref__", "_future", "_is_loop_thread")
@@ -133,6 +139,27 @@ class Future(Generic[T]):
     def future(self) -> concurrent.futures.Future[T]:
         """The underlying `concurrent.futures.Future` (for `concurrent.futures.wait` etc.)."""
         return self._future
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for names a Future does not have: usually the result's attributes,
+        # read before waiting (``fb.metrics`` instead of ``fb.result().metrics``)
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise AttributeError(self._missing(name), name=name, obj=self)
+
+    def _missing(self, name: str) -> str:
+        kind = type(self).__name__
+        head = f"'{kind}' object has no attribute '{name}'"
+        f = self._future
+        if f.done() and not f.cancelled() and f.exception() is None:
+            value = f.result()
+            if hasattr(value, name):
+                return (f"{head}: `{name}` belongs to its result, a {type(value).__name__}. "
+                        f"Call .result() first: `future.result().{name}` (or "
+                        f"`(await future).{name}`).")
+            return f"{head}, and neither has its result (a {type(value).__name__})."
+        return (f"{head}. If `{name}` belongs to the result, wait for it first: "
+                f"`future.result().{name}` (or `(await future).{name}`).")
 
     def __repr__(self) -> str:
         f = self._future

@@ -10,7 +10,6 @@ import contextvars
 import importlib.util
 import json as _json
 import logging
-import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
@@ -33,6 +32,7 @@ from ._constants import ENDPOINTS, PROTOCOL_VERSION
 from ._errors import SecretSet, connection_error, status_error
 from ._retry import BaseRetries, ProxyRejectBudget
 from ._runtime import Runtime
+from ._waits import WaitLog, describe_no_answer
 
 __all__ = [
     "DOWNLOAD_TIMEOUT",
@@ -142,7 +142,11 @@ class HttpCore:
     """Sends requests with default headers, auth, idempotency keys and base retries.
 
     Lives on the shell's event loop (the `httpx.AsyncClient` is created there on first use).
-    `auth` owns the credential; `secrets` grows with every credential it meets.
+    `auth` owns the credential; `secrets` grows with every credential it meets. `waits`
+    announces every wait (retries here, long polls in `_polling`). `answered` turns True with
+    the first HTTP answer of the server: until then a refused connection, an unknown host or
+    a connect timeout is retried only for ``settings.wait_for_server`` seconds, counted from
+    the first try, and then fails with an error that is not retried further.
     """
 
     def __init__(self, settings: Settings, runtime: Runtime, *,
@@ -154,7 +158,9 @@ class HttpCore:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self.proxy_rejects = ProxyRejectBudget()
-        self._last_warning = float("-inf")
+        self.waits = WaitLog(runtime.clock)
+        self.answered = False
+        self._first_try: float | None = None
         self._deprecations_seen: set[str] = set()
 
     @property
@@ -225,14 +231,24 @@ class HttpCore:
         """The absolute URL of an API path (``"get_info"`` → ``<base>/api/v1/get_info``)."""
         return join_url(self.settings.base_url, "api/v1/" + path.lstrip("/"))
 
-    def _warn_retry(self, what: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= 60.0:
-            self._last_warning = now
-            logger.warning("Retrying requests to the Tinker server (%s); further retries are "
-                           "logged at DEBUG for the next minute.", what)
-        else:
-            logger.debug("retrying: %s", what)
+    def _notice_retry(self, what: str, delay: float, retry: BaseRetries) -> None:
+        self.waits.notice("retry", f"{what}; retrying in {delay:.1f} s (retry {retry.taken} of "
+                                   f"{retry.max_retries} for this request).")
+
+    def _first_contact_delay(self, retry: BaseRetries, what: str) -> float | None:
+        """The wait before retrying a connect failure while the server never answered, or
+        None once ``wait_for_server`` would be exceeded."""
+        assert self._first_try is not None
+        elapsed = self.runtime.clock() - self._first_try
+        window = self.settings.wait_for_server
+        if retry.taken >= retry.max_retries or elapsed >= window:
+            return None
+        delay = min(retry.after_no_answer() or 0.0, window - elapsed)
+        self.waits.notice("connect", (
+            f"No Tinker server has answered at {self.settings.base_url} yet ({what}); the SDK "
+            f"keeps trying for up to {window:g} s in all (wait_for_server / "
+            f"TINKEX_WAIT_FOR_SERVER) before failing; next try in {delay:.1f} s."))
+        return delay
 
     def _log_deprecation(self, response: httpx.Response) -> None:
         note = response.headers.get("x-deprecation-note")
@@ -292,6 +308,9 @@ class HttpCore:
         clean_params = {k: v for k, v in (params or {}).items() if v is not None}
 
         retry = BaseRetries(retries, self.runtime)
+        if self._first_try is None:
+            self._first_try = self.runtime.clock()
+        started = self.runtime.clock()
         while True:
             request_headers = {**base_headers, "x-stainless-retry-count": str(retry.taken)}
             try:
@@ -300,13 +319,23 @@ class HttpCore:
                     headers=request_headers, timeout=request_timeout,
                     extensions=dict(extensions) if extensions else None)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                delay = retry.after_no_answer()
+                what = f"{method} /api/v1/{path}: {describe_no_answer(exc, url)}"
+                never_answered = not self.answered and isinstance(
+                    exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if never_answered:
+                    delay = self._first_contact_delay(retry, what)
+                else:
+                    delay = retry.after_no_answer()
+                    if delay is not None:
+                        self._notice_retry(what, delay, retry)
                 if delay is not None:
-                    self._warn_retry(f"{method} /api/v1/{path}: {type(exc).__name__}")
                     await self.runtime.sleep(delay)
                     continue
                 raise connection_error(exc, method=method, url=url, sdk_method=sdk_method,
-                                       secrets=self.secrets, attempts=retry.taken + 1) from None
+                                       secrets=self.secrets, attempts=retry.taken + 1,
+                                       elapsed=self.runtime.clock() - started,
+                                       never_answered=never_answered) from None
+            self.answered = True
             status = response.status_code
             self._log_deprecation(response)
             if status == 400 and not response.content and self.proxy_rejects.take():
@@ -314,7 +343,8 @@ class HttpCore:
                 # retried like a request that got no answer.
                 delay = retry.after_no_answer()
                 if delay is not None:
-                    self._warn_retry(f"{method} /api/v1/{path}: empty HTTP 400 from a proxy")
+                    self._notice_retry(f"{method} /api/v1/{path}: empty HTTP 400 from a proxy",
+                                       delay, retry)
                     await self.runtime.sleep(delay)
                     continue
                 where = sdk_method or "tinkex_jax"
@@ -328,7 +358,7 @@ class HttpCore:
                 return response
             delay = retry.after_status(status, response.headers)
             if delay is not None:
-                self._warn_retry(f"{method} /api/v1/{path}: HTTP {status}")
+                self._notice_retry(f"{method} /api/v1/{path}: HTTP {status}", delay, retry)
                 await self.runtime.sleep(delay)
                 continue
             if not check_status:

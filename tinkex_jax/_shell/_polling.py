@@ -39,6 +39,8 @@ __all__ = ["QueueObserver", "QueueStateLogger", "retrieve_future"]
 
 T = TypeVar("T")
 logger = logging.getLogger("tinkex_jax.futures")
+#: Seconds of waiting for one result before the SDK says that it is waiting.
+POLL_NOTICE_AFTER = 10.0
 
 #: Called with ``(queue_state, queue_state_reason)`` on every try_again / 408 answer.
 QueueObserver = Callable[[str, "str | None"], None]
@@ -96,6 +98,42 @@ class QueueStateLogger:
                        "automatically.", what, self.name, reason or default)
 
 
+class _PollWait:
+    """When to say that a result is still awaited: after `POLL_NOTICE_AFTER` seconds, then
+    every ``waits.every`` seconds (the shell's `WaitLog` bounds the rate across requests);
+    a paused queue state is said at once."""
+
+    def __init__(self, http: HttpCore, runtime: Runtime, request_type: str,
+                 request_id: str) -> None:
+        self.http = http
+        self.clock = runtime.clock
+        self.what = f"{request_type} request {request_id}"
+        self.started = self.clock()
+        self.next_notice = self.started + POLL_NOTICE_AFTER
+        self.queue: str | None = None
+
+    def queue_state(self, state: str, reason: object) -> None:
+        if state == "active" or state == self.queue:
+            self.queue = None if state == "active" else self.queue
+            return
+        self.queue = state
+        because = f" ({reason})" if isinstance(reason, str) and reason else ""
+        self.http.waits.notice("queue", (
+            f"The server holds {self.what} in its queue: {state}{because}. It runs when the "
+            "server has room; the SDK keeps waiting for it with no time limit of its own."))
+
+    def tick(self, why: str = "") -> None:
+        now = self.clock()
+        if now < self.next_notice:
+            return
+        self.next_notice = now + self.http.waits.every
+        queue = f"; queue state {self.queue}" if self.queue else ""
+        self.http.waits.notice("poll", (
+            f"Waiting for the result of {self.what} ({now - self.started:.0f} s so far{queue}"
+            f"{why}). The SDK polls until the server answers, with no time limit of its own; "
+            "pass a timeout to .result(timeout=...) to bound your wait."))
+
+
 def _json_body(content: bytes) -> Any:
     try:
         return json.loads(content) if content else None
@@ -129,8 +167,10 @@ async def retrieve_future(
     backoff_n = 0
     bad_requests = 0
     reserved = 0
+    wait = _PollWait(http, runtime, request_type, request_id)
     try:
         while True:
+            wait.tick()
             headers = {
                 "X-Tinker-Request-Iteration": str(iteration),
                 "X-Tinker-Request-Type": request_type,
@@ -146,6 +186,8 @@ async def retrieve_future(
                 response = await http.send("POST", "retrieve_future", json=body, headers=headers,
                                            timeout=45.0, max_retries=0, check_status=False)
             except APIConnectionError:
+                wait.tick(f"; the server did not answer the last poll, next in "
+                          f"{poll_backoff(backoff_n):.0f} s")
                 await runtime.sleep(poll_backoff(backoff_n))
                 backoff_n += 1
                 continue
@@ -170,6 +212,8 @@ async def retrieve_future(
                                                    request_type=request_type,
                                                    sdk_method=sdk_method, secrets=http.secrets)
                     if payload.get("type") == "try_again":
+                        wait.queue_state(str(payload.get("queue_state", "active")),
+                                         payload.get("queue_state_reason"))
                         if observer is not None:
                             observer(str(payload.get("queue_state", "active")),
                                      payload.get("queue_state_reason"))
@@ -201,9 +245,11 @@ async def retrieve_future(
                 return decode_json(response.content, json_type)
             if status == 408:
                 payload = _json_body(response.content)
-                if isinstance(payload, dict) and observer is not None and payload.get(
-                        "queue_state"):
-                    observer(str(payload["queue_state"]), payload.get("queue_state_reason"))
+                if isinstance(payload, dict) and payload.get("queue_state"):
+                    wait.queue_state(str(payload["queue_state"]),
+                                     payload.get("queue_state_reason"))
+                    if observer is not None:
+                        observer(str(payload["queue_state"]), payload.get("queue_state_reason"))
                 bad_requests = 0
                 await asyncio.sleep(0)
                 continue

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from ..errors import APIConnectionError, APIStatusError, BillingError
 from ._runtime import Runtime
+from ._waits import WaitLog
 
 __all__ = [
     "HOLDER_RETRY_BUDGET",
@@ -175,8 +176,17 @@ def sample_retry_delay(attempt: int, u: float, *, base: float = 0.5, cap: float 
 
 
 def is_retryable_error(error: BaseException) -> bool:
-    """Errors the holder loop retries: no answer, timeouts, 408, 409, 429 and 5xx."""
-    if isinstance(error, APIConnectionError | TimeoutError):
+    """Errors the holder loop retries: no answer, timeouts, 408, 409, 429 and 5xx; not a
+    connection failure to a server that never answered (that one already had its
+    ``wait_for_server`` seconds).
+
+    Example:
+        >>> is_retryable_error(APIConnectionError("reset")), is_retryable_error(ValueError())
+        (True, False)
+    """
+    if isinstance(error, APIConnectionError):
+        return not error.server_never_answered
+    if isinstance(error, TimeoutError):
         return True
     if isinstance(error, APIStatusError):
         return error.status_code in _RETRY_STATUSES or error.status_code >= 500
@@ -253,6 +263,14 @@ class ProxyRejectBudget:
         self.left = min(self.cap, self.left + 1)
 
 
+def _short(error: BaseException) -> str:
+    if isinstance(error, APIStatusError):
+        return f"HTTP {error.status_code}"
+    if isinstance(error, APIConnectionError):
+        return "no answer"
+    return type(error).__name__
+
+
 async def with_holder_retries(
     call: Callable[[], Awaitable[T]],
     *,
@@ -260,12 +278,14 @@ async def with_holder_retries(
     billing: BillingPause,
     what: str,
     budget: float = HOLDER_RETRY_BUDGET,
+    waits: WaitLog | None = None,
 ) -> T:
     """Run `call` with the holder retry loop of §6.2 and the billing pause of §6.3.
 
     Retryable errors (see `is_retryable_error`) are retried after ``min(2**attempt, 30)`` s
     until `budget` seconds have passed (the last sleep is cut to what is left); then the last
     error is raised. A 402 sleeps 5 s without counting, until the billing window closes.
+    Each wait is announced through `waits` (see `tinkex_jax._shell._waits`).
     """
     start = runtime.clock()
     attempt = 0
@@ -284,6 +304,11 @@ async def with_holder_retries(
             if left <= 0:
                 raise
             delay = min(holder_retry_delay(attempt), left)
-            logger.debug("%s failed (%s); retrying in %.1f s", what, type(error).__name__, delay)
+            message = (f"{what} failed ({_short(error)}); trying it again in {delay:.0f} s, "
+                       f"and for up to {left:.0f} s more before giving up.")
+            if waits is not None:
+                waits.notice("retry", message)
+            else:
+                logger.debug("%s", message)
             attempt += 1
             await runtime.sleep(delay)

@@ -110,6 +110,8 @@ class Shell:
         self.display_name = display_name
         self.loop_thread = LoopThread(name)
         self.http = HttpCore(settings, runtime, transport=transport)
+        # a joined session (an unpickled sampling client) is on a server that has answered
+        self.http.answered = session_id is not None
         self.secrets = self.http.secrets
         self.billing = BillingPause()
         self.telemetry = Telemetry(enabled=settings.telemetry, send=self._send_telemetry,
@@ -263,7 +265,8 @@ class Shell:
 
         if spec.holder_retries:
             return await with_holder_retries(once, runtime=self.runtime, billing=self.billing,
-                                             what=f"{spec.method} /api/v1/{path}")
+                                             what=f"{spec.method} /api/v1/{path}",
+                                             waits=self.http.waits)
         return await once()
 
     async def poll(

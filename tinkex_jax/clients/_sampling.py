@@ -394,8 +394,11 @@ class SamplingClient:
                                                base=retry.retry_delay_base,
                                                cap=retry.retry_delay_max,
                                                jitter=retry.jitter_factor)
-                    logger.debug("sample attempt %d failed (%s); resubmitting in %.2f s",
-                                 attempt, type(error).__name__, delay)
+                    shell.http.waits.notice("retry", (
+                        f"SamplingClient.sample: attempt {attempt + 1} failed "
+                        f"({type(error).__name__}); submitting it again in {delay:.1f} s"
+                        + (f", until no sample has finished for {retry.progress_timeout:.0f} s."
+                           if stuck_detection else ", with no time limit.")))
                     attempt += 1
                     await shell.runtime.sleep(delay)
                     continue
@@ -416,13 +419,18 @@ class SamplingClient:
                     return future, shell.runtime.clock() - start
                 except RateLimitError:
                     shell.sample_dispatcher.backpressure()
-            await shell.runtime.sleep(1.0 if size <= _BACKPRESSURE_SMALL_PROMPT else 5.0)
+            pause = 1.0 if size <= _BACKPRESSURE_SMALL_PROMPT else 5.0
+            shell.http.waits.notice("backpressure", (
+                f"SamplingClient.sample: the server is at capacity (HTTP 429) and holds new "
+                f"samples back; submitting again every {pause:.0f} s until it accepts, with no "
+                "time limit."))
+            await shell.runtime.sleep(pause)
 
     async def _sample_once(self, request: SampleRequest) -> SampleResponse:
         shell = self._shell
         future, roundtrip = await with_holder_retries(
             lambda: self._post_sample(request), runtime=shell.runtime, billing=shell.billing,
-            what="POST /api/v1/asample")
+            what="POST /api/v1/asample", waits=shell.http.waits)
         ids = future.sample_sequence_ids
         sequence_ids = list(ids) if ids is not None else []
         try:

@@ -63,6 +63,12 @@ class ServiceClient:
         default_headers: Same as `default_headers_overrides` (httpx's name).
         timeout: Request timeout in seconds or an `httpx.Timeout` (default 60 s, 5 s connect).
         max_retries: Base retries per request (default 10).
+        wait_for_server: Seconds to keep trying while no server at `base_url` has answered
+            yet (refused connection, unknown host, connect timeout); then the call fails with
+            an `APIConnectionError` that says so. Default 5 s, else
+            ``TINKEX_WAIT_FOR_SERVER``; raise it to wait for a server that is still starting.
+            Once the server has answered, failures get the usual retries (docs/protocol.md
+            §6).
         proxy: Proxy URL for every connection (else ``HTTPS_PROXY`` / ``HTTP_PROXY`` /
             ``ALL_PROXY``, honouring ``NO_PROXY``).
         transport: An httpx transport replacing the network (tests, in-process ASGI apps).
@@ -92,6 +98,7 @@ class ServiceClient:
         transport: httpx.AsyncBaseTransport | None = None,
         tags: list[str] | tuple[str, ...] | None = None,
         telemetry: bool | None = None,
+        wait_for_server: float | None = None,
         _runtime: Runtime | None = None,
         **kwargs: Any,
     ) -> None:
@@ -102,7 +109,7 @@ class ServiceClient:
         settings = resolve_settings(api_key=api_key, base_url=base_url, project_id=project_id,
                                     tags=tags, telemetry=telemetry, default_headers=headers,
                                     timeout=timeout, max_retries=max_retries, proxy=proxy,
-                                    env=os.environ)
+                                    wait_for_server=wait_for_server, env=os.environ)
         self._shell = Shell(settings, runtime=_runtime or REAL_RUNTIME, transport=transport,
                             name="ServiceClient", user_metadata=user_metadata,
                             display_name=display_name)

@@ -457,3 +457,20 @@ def test_clients_own_the_state_of_their_custom_loss_terms(service):
     assert coef(second) == pytest.approx(0.2)  # not the first client's state
     assert len(first.loss_states) == len(second.loss_states) == 1
     assert coef(first) > grown[2]  # and the first one's keeps advancing
+
+
+def test_reading_a_result_attribute_on_the_future_names_the_missing_result(tc):
+    fb = tc.forward_backward(data(1), "cross_entropy")
+    with pytest.raises(AttributeError, match=r"'Future' object has no attribute 'metrics'") as info:
+        fb.metrics  # noqa: B018 - the mistake under test
+    assert "fb.result().metrics" not in str(info.value)  # the message names no local variable
+    assert "future.result().metrics" in str(info.value)
+    out = fb.result(timeout=5)
+    with pytest.raises(AttributeError) as info:
+        fb.metrics  # noqa: B018
+    assert str(info.value) == (
+        "'Future' object has no attribute 'metrics': `metrics` belongs to its result, a "
+        "ForwardBackwardOutput. Call .result() first: `future.result().metrics` (or "
+        "`(await future).metrics`).")
+    assert info.value.name == "metrics" and info.value.obj is fb
+    assert out.metrics["loss:sum"] == 1.0

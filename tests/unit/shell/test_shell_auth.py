@@ -176,7 +176,7 @@ def test_nothing_resolves_is_the_clear_error_and_loopback_still_needs_no_key() -
         resolve_settings(base_url="https://remote.example", env={})
     message = str(info.value)
     assert "TINKER_API_KEY" in message and "TINKER_CREDENTIAL_CMD" in message
-    assert "tinker auth login" in message
+    assert "tinkex auth login" in message and "tinker auth login" not in message
     local = resolve_settings(base_url="http://127.0.0.1:8000", env={})
     assert local.api_key is not None and local.api_key.reveal() == "tml-local"
     assert local.credential_origin == "local default"

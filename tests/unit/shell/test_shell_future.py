@@ -143,3 +143,20 @@ def test_stopping_the_loop_cancels_pending_work_and_refuses_new_work():
     assert f.cancelled()
     with pytest.raises(TinkerError, match="closed"):
         lt.submit(asyncio.sleep(0))
+
+
+def test_missing_attributes_point_at_result():
+    done = Future.completed([1, 2])
+    with pytest.raises(AttributeError, match=r"`append` belongs to its result, a list\. Call "
+                                             r"\.result\(\) first"):
+        done.append  # noqa: B018
+    with pytest.raises(AttributeError, match="neither has its result"):
+        done.no_such_thing  # noqa: B018
+    failed = Future.failed(ValueError("x"))
+    with pytest.raises(AttributeError, match=r"If `metrics` belongs to the result, wait for it"):
+        failed.metrics  # noqa: B018
+    # private and special names stay plain (copy, pickle and IPython probe them)
+    with pytest.raises(AttributeError) as info:
+        done._repr_html_  # noqa: B018
+    assert str(info.value) == "_repr_html_"
+    assert not hasattr(done, "__array__")

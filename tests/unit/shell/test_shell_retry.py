@@ -122,14 +122,21 @@ def test_non_retryable_4xx_raise_at_once():
     assert fake.delays == []
 
 
+def answered(c: HttpCore) -> HttpCore:
+    """A core whose server has answered before (first-contact rules: test_shell_waits.py)."""
+    c.answered = True
+    return c
+
+
 def test_connection_drops_are_retried_then_raised():
     fake = FakeTime()
     handler = Scripted(httpx.ConnectError("refused"), httpx.ReadError("reset"), ok())
-    asyncio.run(core(handler, fake).send("POST", "optim_step", json={}))
+    asyncio.run(answered(core(handler, fake)).send("POST", "optim_step", json={}))
     assert fake.delays == [base_retry_delay(0, JITTER_U), base_retry_delay(1, JITTER_U)]
     handler = Scripted(default=lambda r: (_ for _ in ()).throw(httpx.ConnectError("down")))
-    with pytest.raises(APIConnectionError, match="got no answer"):
-        asyncio.run(core(handler, FakeTime(), max_retries=1).send("GET", "healthz"))
+    with pytest.raises(APIConnectionError, match="got no answer") as info:
+        asyncio.run(answered(core(handler, FakeTime(), max_retries=1)).send("GET", "healthz"))
+    assert not info.value.server_never_answered
     handler = Scripted(httpx.ReadTimeout("slow"))
     with pytest.raises(APITimeoutError, match="timed out"):
         asyncio.run(core(handler, FakeTime(), max_retries=0).send("GET", "healthz"))
