@@ -57,8 +57,14 @@ def builtins(value: Any) -> Any:
     return json.loads(json.dumps(msgspec.to_builtins(value)))
 
 
+PYTHON_ADVICE = ("api_key=", "ServiceClient(", ".result()", "tinker auth login", "What to do:",
+                 "RestClient.", "(ttl_seconds)", "..")
+
+
 def assert_one_line_error(err: str) -> None:
+    """One line, what happened then ``Fix:`` what to do, in command-line terms."""
     assert err.count("\n") == 1 and "Traceback" not in err and "Fix:" in err
+    assert not [p for p in PYTHON_ADVICE if p in err], err
 
 
 # ----------------------------------------------------------------------------- runs
@@ -83,8 +89,27 @@ def test_run_info_by_id_and_by_path(world: World, capsys: pytest.CaptureFixture[
     assert world.cli_json(capsys, "run", "info", world.run_id) == expected
     assert world.cli_json(capsys, "run", "info", world.state_path) == expected
     code, out, _ = world.cli(capsys, "run", "info", world.run_id)
-    assert code == 0 and f"Run ID{' ' * 19}{world.run_id}" in out
-    assert "LoRA" in out and "rank 4" in out and world.sampler_path in out
+    rows = {line.split("  ")[0]: line.split()[-1] for line in out.splitlines()}
+    assert code == 0 and rows["Run ID"] == world.run_id and rows["LoRA"] == "4"
+    assert rows["Last sampler checkpoint"] == world.sampler_path
+    assert rows["Last training checkpoint"] == world.state_path
+
+
+def test_run_list_shows_a_sampler_only_save_as_the_last_checkpoint(
+        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    other = world.service.create_lora_training_client("tinkex-jax/tiny", rank=4).result()
+    path = other.save_weights_for_sampler("only-sampler").result().path
+    data = world.cli_json(capsys, "run", "list")
+    run = next(r for r in data["training_runs"] if r["training_run_id"] == other.model_id)
+    assert run["last_checkpoint"] is None and run["last_sampler_checkpoint"]["tinker_path"] == path
+    code, out, err = world.cli(capsys, "run", "list")
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith(other.model_id))
+    assert "sampler_weights/only-sampler" in row
+    code, out, _ = world.cli(capsys, "run", "list", "--columns", "id,checkpoint,owner")
+    assert out.splitlines()[1].split() == ["Run", "ID", "Last", "checkpoint", "Owner"]
+    code, _, err = world.cli(capsys, "run", "info", other.model_id)
+    assert code == 0
 
 
 def test_unknown_run_is_one_clear_line(world: World, capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,8 +134,13 @@ def test_checkpoint_list_all_and_per_run(world: World,
     assert data["checkpoints"] == builtins(world.rest.list_user_checkpoints().result()
                                            .checkpoints)
     per_run = world.cli_json(capsys, "checkpoint", "list", "--run-id", world.run_id)
-    assert per_run["checkpoints"] == builtins(world.rest.list_checkpoints(world.run_id).result()
-                                              .checkpoints)
+    listed = world.rest.list_checkpoints(world.run_id).result().checkpoints
+    newest_first = sorted(listed, key=lambda c: c.time, reverse=True)
+    assert per_run["checkpoints"] == builtins(newest_first)
+    # one order: the run's checkpoints appear in the full list in the same order
+    mine = [c["tinker_path"] for c in data["checkpoints"]
+            if c["tinker_path"].startswith(f"tinker://{world.run_id}/")]
+    assert mine == [c["tinker_path"] for c in per_run["checkpoints"]]
     limited = world.cli_json(capsys, "checkpoint", "list", "--limit", "1")
     assert len(limited["checkpoints"]) == 1 and limited["total_count"] >= 2
 
@@ -151,6 +181,11 @@ def test_publish_unpublish_and_ttl_change_what_info_reports(
     assert _info(world, capsys, path)["expires_at"] is None
     code, out, _ = world.cli(capsys, "checkpoint", "set-ttl", path, "7200")
     assert code == 0 and "expires: 20" in out
+    code, out, err = world.cli(capsys, "checkpoint", "set-ttl", path, "--ttl", "60")
+    assert code == 2 and out == ""
+    assert_one_line_error(err)
+    assert "--ttl 60 is too short" in err and "3600" in err and "ttl_seconds" not in err
+    assert world.cli_json(capsys, "checkpoint", "set-ttl", path, "--ttl", "7200")["expires_at"]
     expires = _info(world, capsys, path)["expires_at"]
     assert expires is not None
     listed = world.rest.list_checkpoints(world.run_id).result().checkpoints
@@ -180,6 +215,29 @@ def test_delete_really_deletes(world: World, capsys: pytest.CaptureFixture[str])
     assert data["deleted"] == [] and data["failed"][0]["tinker_path"] == doomed
 
 
+def test_delete_a_runs_selection(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    training = world.service.create_lora_training_client("tinkex-jax/tiny", rank=4).result()
+    kept = training.save_state("kept").result().path
+    gone = [training.save_weights_for_sampler(f"s{i}").result().path for i in range(2)]
+    run = training.model_id
+    data = world.cli_json(capsys, "checkpoint", "delete", "--run-id", run, "--type",
+                          "sampler_weights", "--after", "2000-01-01", "--yes")
+    assert sorted(data["deleted"]) == sorted(gone) and data["deleted_count"] == 2
+    left = [c.tinker_path for c in world.rest.list_checkpoints(run).result().checkpoints]
+    assert left == [kept]
+    data = world.cli_json(capsys, "checkpoint", "delete", "--run-id", run, "--before",
+                          "2000-01-01", "--yes")
+    assert data == {"deleted": [], "deleted_count": 0, "failed": []}
+    for argv in (["checkpoint", "delete", kept, "--run-id", run, "--yes"],
+                 ["checkpoint", "delete", kept, "--type", "weights", "--yes"],
+                 ["checkpoint", "delete", "--yes"]):
+        code, out, err = world.cli(capsys, *argv)
+        assert code == 2 and out == ""
+        assert_one_line_error(err)
+    assert [c.tinker_path for c in world.rest.list_checkpoints(run).result().checkpoints] == [
+        kept]
+
+
 # ----------------------------------------------------------------------------- download
 
 
@@ -201,7 +259,7 @@ def test_download_training_checkpoint(world: World, capsys: pytest.CaptureFixtur
     assert code == 0, err
     (target,) = list(tmp_path.iterdir())  # no staging leftovers
     assert target.name == world.state_path[len("tinker://"):].replace(":", "_").replace("/", "_")
-    assert f"to {target} (2 files" in out and "adapter_model.safetensors" in out
+    assert f"to {target}: 2 files" in out and "adapter_model.safetensors" in out
     _adapter_ok(target)
     kinds = {c.checkpoint_type for c in world.rest.list_user_checkpoints(limit=1000).result()
              .checkpoints}
@@ -215,6 +273,11 @@ def test_download_training_checkpoint(world: World, capsys: pytest.CaptureFixtur
     assert data["destination"] == str(target) and data["files"] == [
         "adapter_config.json", "adapter_model.safetensors"]
     assert data["size_bytes"] == sum(p.stat().st_size for p in target.iterdir())
+    # the stored size (what `checkpoint info` shows) comes with it, and the table says why
+    # the two differ
+    assert data["stored_size_bytes"] == _info(world, capsys, world.state_path)["size_bytes"]
+    assert data["stored_size_bytes"] != data["size_bytes"]
+    assert "as stored on the server" in out and "`tinkex checkpoint info`" in out
     _adapter_ok(target)
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
@@ -274,4 +337,5 @@ def test_sample_errors(world: World, capsys: pytest.CaptureFixture[str]) -> None
     assert_one_line_error(err)
     code, _, err = world.cli(capsys, "sample", "--base-model", "tinkex-jax/tiny", "hi",
                              "--temperature", "-1")
-    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert code == 2 and err.startswith("tinkex sample: --temperature: expected a number >= 0")
+    assert_one_line_error(err)

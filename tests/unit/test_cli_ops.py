@@ -79,7 +79,18 @@ def test_rows_of_runs_and_checkpoints() -> None:
     run = TrainingRun(training_run_id="r", base_model="m", model_owner="me", is_lora=True,
                       lora_rank=8, last_request_time=when, last_checkpoint=ckpt)
     assert output.run_rows([run]) == [["r", "m", "rank 8", "2026-01-01 00:00 UTC", "weights/a",
-                                    "no"]]
+                                    "ok"]]
+    later = Checkpoint(checkpoint_id="sampler_weights/b", checkpoint_type="sampler",
+                       time=when + dt.timedelta(minutes=1), tinker_path="tinker://r/sampler_weights/b")
+    both = TrainingRun(training_run_id="r", base_model="m", model_owner="me", is_lora=True,
+                       lora_rank=8, last_request_time=when, last_checkpoint=ckpt,
+                       last_sampler_checkpoint=later)
+    sampler_only = TrainingRun(training_run_id="s", base_model="m", model_owner="me",
+                               is_lora=False, last_request_time=when,
+                               last_sampler_checkpoint=later)
+    assert output.run_rows([both, sampler_only], ["id", "checkpoint", "checkpoint_time"]) == [
+        ["r", "sampler_weights/b", "2026-01-01 00:01 UTC"],
+        ["s", "sampler_weights/b", "2026-01-01 00:01 UTC"]]
     assert output.checkpoint_rows([ckpt]) == [["weights/a", "training", "2.0 KiB", "yes",
                                             "2026-01-01 00:00 UTC", "never",
                                             "tinker://r/weights/a"]]

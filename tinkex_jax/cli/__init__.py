@@ -11,9 +11,17 @@ downloads (`tinkex_jax.cli.download`) or talking to a server; and nothing heavy 
 here: the commands import the SDK, httpx and msgspec inside the functions that need them,
 so ``tinkex --help`` stays fast.
 
+The command groups and commands of the official ``tinker`` CLI are all here under the same
+names and flags (``auth``, ``billing``, ``checkpoint``, ``model``, ``run``, ``session``,
+``version``), with ``--json`` on every command that prints a result (the official
+``--format json`` / ``-f json`` before the command works too), plus this package's own
+(``demo``, ``serve``, ``sample``).
+
 Example:
     >>> build_parser().parse_args(["serve", "--port", "9000"]).port
     9000
+    >>> build_parser().parse_args(["-f", "json", "model", "list"]).output_format
+    'json'
     >>> build_parser().parse_args(["checkpoint", "set-ttl", "tinker://r/weights/a", "60"]).seconds
     60
 """
@@ -24,18 +32,43 @@ import argparse
 from collections.abc import Sequence
 
 from .command import Command, add_commands
-from .commands import checkpoint, demo, run, sample, serve, version
+from .commands import (
+    auth,
+    billing,
+    checkpoint,
+    demo,
+    model,
+    run,
+    sample,
+    serve,
+    session,
+    version,
+)
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
-COMMANDS: list[Command] = [demo.COMMAND, serve.COMMAND, version.COMMAND, run.COMMAND,
-                           checkpoint.COMMAND, sample.COMMAND]
+COMMANDS: list[Command] = [
+    # this package's own: the offline demo, the local backend; `plan` joins them here
+    demo.COMMAND, serve.COMMAND,
+    # the official CLI's groups, same names and flags
+    auth.COMMAND, model.COMMAND, run.COMMAND, checkpoint.COMMAND, session.COMMAND,
+    billing.COMMAND, version.COMMAND,
+    # this package's own: sampling from the command line
+    sample.COMMAND,
+]
 """Every ``tinkex`` subcommand, in the order ``tinkex --help`` lists them."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand (groups nested)."""
-    parser = argparse.ArgumentParser(prog="tinkex", description="tinkex_jax command line")
+    parser = argparse.ArgumentParser(
+        prog="tinkex", description="tinkex_jax command line: the official tinker CLI's "
+        "commands, a local backend (serve) and an offline demo. `tinkex COMMAND --help` "
+        "describes each command; docs/cli.md has the guide.")
+    parser.add_argument("--format", "-f", dest="output_format", choices=["table", "json"],
+                        default="table",
+                        help="output of the command: a table, or JSON (the same as the "
+                             "command's --json; default %(default)s)")
     add_commands(parser, COMMANDS)
     return parser
 
@@ -48,4 +81,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         2
     """
     args = build_parser().parse_args(argv)
+    if args.output_format == "json" and hasattr(args, "json"):
+        args.json = True
     return int(args._run(args))

@@ -60,13 +60,15 @@ def _add(sub: argparse._SubParsersAction[argparse.ArgumentParser], command: Comm
         return
     if command.configure is not None:
         command.configure(child)
-    child.set_defaults(_run=command.run)
+    options = frozenset(s for action in child._actions for s in action.option_strings)
+    child.set_defaults(_run=command.run, _options=options)
 
 
 def add_commands(parser: argparse.ArgumentParser, commands: Sequence[Command]) -> None:
     """Add `commands` (groups nested) to `parser` as required sub-parsers.
 
-    Each leaf's parser records ``_prog`` (its full name, for messages) and ``_run``.
+    Each leaf's parser records ``_prog`` (its full name, for messages), ``_run`` and
+    ``_options`` (its option strings, so errors can name the flag a bad value came from).
     """
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in commands:

@@ -18,17 +18,18 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
-from .errors import CLIError, one_line
+from .credentials import find_credential, require_usable
+from .errors import EXIT_USAGE, CLIError, cli_message
 
 if TYPE_CHECKING:
     from ..clients import ServiceClient
 
-__all__ = ["collect_pages", "connect"]
+__all__ = ["collect_pages", "connect", "probe"]
 
 T = TypeVar("T")
 
 
-def _probe(base_url: str) -> None:
+def probe(base_url: str) -> None:
     """Fail fast when nothing answers at `base_url` (the SDK would retry for minutes)."""
     import httpx
 
@@ -42,18 +43,21 @@ def _probe(base_url: str) -> None:
 
 @contextlib.contextmanager
 def connect(args: argparse.Namespace) -> Iterator[ServiceClient]:
-    """A ServiceClient from ``--base-url`` / ``--api-key`` (else the environment), closed at
-    the end; raises `CLIError` when the key is missing or nothing answers."""
+    """A ServiceClient from ``--base-url`` / ``--api-key`` (else the environment and the
+    stored key), closed at the end; raises `CLIError` when there is no usable key or
+    nothing answers."""
     from ..clients import ServiceClient
     from ..errors import TinkerError
 
+    found = find_credential(args.api_key, args.base_url)
+    require_usable(found)
     try:
-        service = ServiceClient(base_url=args.base_url, api_key=args.api_key)
+        service = ServiceClient(base_url=found.base_url, api_key=args.api_key)
     except TinkerError as exc:
-        raise CLIError(f"{one_line(str(exc))} (command line: --api-key, --base-url)",
-                       exit_code=2) from None
+        message, _ = cli_message(exc, getattr(args, "_prog", "tinkex"))
+        raise CLIError(message, exit_code=EXIT_USAGE) from None
     try:
-        _probe(service.base_url)
+        probe(service.base_url)
         yield service
     finally:
         with contextlib.suppress(Exception):

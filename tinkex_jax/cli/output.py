@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_COLUMNS",
+    "DEFAULT_RUN_COLUMNS",
     "RUN_COLUMNS",
     "Progress",
     "SampleView",
@@ -36,9 +37,12 @@ __all__ = [
     "format_size",
     "format_table",
     "format_time",
+    "latest_checkpoint",
     "print_json",
     "print_listing",
+    "print_properties",
     "progress_line",
+    "run_headers",
     "run_properties",
     "run_rows",
 ]
@@ -123,16 +127,59 @@ def _count_title(noun: str, shown: int, total: int | None, limit_hint: str) -> s
     return f"{shown} {noun}" if shown != 1 else f"1 {noun.rstrip('s')}"
 
 
-RUN_COLUMNS = ("Run ID", "Base model", "LoRA", "Last request", "Last checkpoint", "Corrupted")
+def latest_checkpoint(run: TrainingRun) -> Checkpoint | None:
+    """The run's newest checkpoint of either kind (training state or sampler weights).
+
+    Example:
+        >>> from tinkex_jax.types import TrainingRun
+        >>> latest_checkpoint(TrainingRun(training_run_id="r", base_model="m", model_owner="o",
+        ...     is_lora=True, last_request_time=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))) is None
+        True
+    """
+    saved = [c for c in (run.last_checkpoint, run.last_sampler_checkpoint) if c is not None]
+    return max(saved, key=lambda c: c.time) if saved else None
+
+
+def _latest_id(run: TrainingRun) -> str:
+    latest = latest_checkpoint(run)
+    return latest.checkpoint_id if latest else "-"
+
+
+def _latest_time(run: TrainingRun) -> str:
+    latest = latest_checkpoint(run)
+    return format_time(latest.time) if latest else "-"
+
+
+RUN_COLUMNS: dict[str, tuple[str, Callable[[TrainingRun], str], str]] = {
+    "id": ("Run ID", lambda r: r.training_run_id, "the training run id"),
+    "model": ("Base model", lambda r: r.base_model, "the base model"),
+    "owner": ("Owner", lambda r: r.model_owner, "who created the run"),
+    "lora": ("LoRA", lambda r: _lora(r.is_lora, r.lora_rank), "LoRA rank, or no"),
+    "updated": ("Last request", lambda r: format_time(r.last_request_time),
+                "time of the run's last request"),
+    "status": ("Status", lambda r: "corrupted" if r.corrupted else "ok",
+               "ok, or corrupted"),
+    "checkpoint": ("Last checkpoint", _latest_id,
+                   "the newest checkpoint, training state or sampler weights"),
+    "checkpoint_time": ("Checkpoint time", _latest_time, "when the newest checkpoint was saved"),
+}
+"""The columns ``run list --columns`` can show: key -> (header, cell, description)."""
+
+DEFAULT_RUN_COLUMNS = ("id", "model", "lora", "updated", "checkpoint", "status")
+"""The columns ``run list`` shows without ``--columns``."""
+
 CHECKPOINT_COLUMNS = ("Checkpoint ID", "Type", "Size", "Public", "Created", "Expires", "Path")
 
 
-def run_rows(runs: Sequence[TrainingRun]) -> list[list[str]]:
-    """Table rows (`RUN_COLUMNS`) for training runs."""
-    return [[r.training_run_id, r.base_model, _lora(r.is_lora, r.lora_rank),
-             format_time(r.last_request_time),
-             r.last_checkpoint.checkpoint_id if r.last_checkpoint else "-",
-             _yes_no(r.corrupted)] for r in runs]
+def run_rows(runs: Sequence[TrainingRun],
+             columns: Sequence[str] = DEFAULT_RUN_COLUMNS) -> list[list[str]]:
+    """Table rows for training runs, one cell per key of `columns` (see `RUN_COLUMNS`)."""
+    return [[RUN_COLUMNS[key][1](r) for key in columns] for r in runs]
+
+
+def run_headers(columns: Sequence[str] = DEFAULT_RUN_COLUMNS) -> list[str]:
+    """The table headers of `columns` (keys of `RUN_COLUMNS`)."""
+    return [RUN_COLUMNS[key][0] for key in columns]
 
 
 def run_properties(run: TrainingRun) -> list[tuple[str, str]]:
@@ -142,9 +189,9 @@ def run_properties(run: TrainingRun) -> list[tuple[str, str]]:
                     if run.last_sampler_checkpoint else "-")
     pairs = [("Run ID", run.training_run_id), ("Base model", run.base_model),
              ("Owner", run.model_owner), ("LoRA", _lora(run.is_lora, run.lora_rank)),
-             ("Corrupted", _yes_no(run.corrupted)),
+             ("Status", "corrupted" if run.corrupted else "ok"),
              ("Last request", format_time(run.last_request_time)),
-             ("Last checkpoint", last), ("Last sampler checkpoint", last_sampler)]
+             ("Last training checkpoint", last), ("Last sampler checkpoint", last_sampler)]
     pairs += [(f"Metadata {k}", v) for k, v in sorted((run.user_metadata or {}).items())]
     return pairs
 
@@ -159,7 +206,7 @@ def checkpoint_rows(checkpoints: Sequence[Checkpoint]) -> list[list[str]]:
 def checkpoint_properties(ckpt: Checkpoint, run: TrainingRun | None) -> list[tuple[str, str]]:
     """The property rows of ``checkpoint info`` (with its run's model when known)."""
     pairs = [("Tinker path", ckpt.tinker_path), ("Checkpoint ID", ckpt.checkpoint_id),
-             ("Type", ckpt.checkpoint_type), ("Size", format_size(ckpt.size_bytes)),
+             ("Type", ckpt.checkpoint_type), ("Stored size", format_size(ckpt.size_bytes)),
              ("Public", _yes_no(ckpt.public)), ("Created", format_time(ckpt.time)),
              ("Expires", format_time(ckpt.expires_at, missing="never"))]
     if run is not None:
@@ -269,4 +316,17 @@ def print_listing(as_json: bool, key: str, items: Sequence[Any], total: int | No
     else:
         print(_count_title(noun, len(items), total, "--limit 0 shows all"))
         print(format_table(columns, rows))
+    return 0
+
+
+def print_properties(as_json: bool, data: Any, pairs: Sequence[tuple[str, str]],
+                     title: str | None = None) -> int:
+    """Print one object: `data` as JSON, or `pairs` as a property listing (under `title`
+    when given); returns 0."""
+    if as_json:
+        print_json(data)
+    else:
+        if title:
+            print(title)
+        print(format_properties(pairs))
     return 0

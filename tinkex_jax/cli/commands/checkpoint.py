@@ -1,18 +1,24 @@
-"""``tinkex checkpoint ...``: list, inspect, publish, expire, delete and download checkpoints.
+"""``tinkex checkpoint ...``: list, inspect, publish, expire, delete, download and push
+checkpoints to the Hugging Face Hub.
 
-For: the command lines of the checkpoint actions and their printed results. Not for: the
-download machinery (`tinkex_jax.cli.download`) or formatting (`tinkex_jax.cli.output`). Every
-path argument is checked before anything is sent; ``delete`` asks first unless ``--yes``.
+For: the command lines of the checkpoint actions and their printed results. Lists are newest
+first, with or without ``--run-id``. Not for: the download machinery
+(`tinkex_jax.cli.download`), the Hub upload (`tinkex_jax.cli.hub`) or formatting
+(`tinkex_jax.cli.output`). Every path argument is checked before anything is sent;
+``delete`` asks first unless ``--yes``.
 
 Example:
     >>> [c.name for c in COMMAND.subcommands]
-    ['list', 'info', 'delete', 'publish', 'unpublish', 'set-ttl', 'download']
+    ['list', 'info', 'delete', 'publish', 'unpublish', 'set-ttl', 'download', 'push-hf']
+    >>> check_ttl(86400, "--ttl")
+    86400
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,17 +27,17 @@ from ..arguments import add_connection_options, non_negative, parse_checkpoint_p
 from ..command import Command
 from ..connection import collect_pages, connect
 from ..download import download_checkpoint
-from ..errors import CLIError, guarded, not_found, one_line, server_detail
+from ..errors import EXIT_USAGE, CLIError, guarded, not_found, one_line, server_detail
 from ..output import (
     CHECKPOINT_COLUMNS,
     checkpoint_properties,
     checkpoint_rows,
-    format_properties,
     format_size,
     format_table,
     format_time,
     print_json,
     print_listing,
+    print_properties,
 )
 
 if TYPE_CHECKING:
@@ -40,6 +46,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMMAND",
+    "MAX_TTL_SECONDS",
+    "MIN_TTL_SECONDS",
+    "check_ttl",
+    "cmd_checkpoint_push_hf",
+    "configure_checkpoint_push_hf",
+    "newest_first",
+    "parse_utc_date",
     "cmd_checkpoint_delete",
     "cmd_checkpoint_download",
     "cmd_checkpoint_info",
@@ -55,6 +68,65 @@ __all__ = [
     "configure_checkpoint_set_ttl",
 ]
 
+MIN_TTL_SECONDS = 3600
+"""The shortest expiry a checkpoint accepts: one hour from now."""
+
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+"""The longest expiry a checkpoint accepts: ten years (of 365 days) from now."""
+
+# --type of ``checkpoint delete``: the path kinds and the listed types both name one type.
+_TYPES = {"weights": "training", "sampler_weights": "sampler",
+          "external_weights": "external", "training": "training", "sampler": "sampler",
+          "external": "external"}
+
+
+def newest_first(checkpoints: list[Checkpoint]) -> list[Checkpoint]:
+    """`checkpoints` ordered newest first (ties keep the server's order), the one order of
+    every checkpoint listing."""
+    return sorted(checkpoints, key=lambda c: c.time, reverse=True)
+
+
+def check_ttl(seconds: int, flag: str) -> int:
+    """`seconds` when it is an expiry a checkpoint accepts; else `CLIError` (exit 2).
+
+    Example:
+        >>> check_ttl(60, "--ttl")
+        Traceback (most recent call last):
+        ...
+        tinkex_jax.cli.errors.CLIError: --ttl 60 is too short: a checkpoint can expire 3600 s (1 hour) to 315360000 s (10 years) from now. Fix: pass --ttl 3600 or more, or --remove to keep it forever.
+    """
+    if seconds < MIN_TTL_SECONDS:
+        raise CLIError(f"{flag} {seconds} is too short: a checkpoint can expire "
+                       f"{MIN_TTL_SECONDS} s (1 hour) to {MAX_TTL_SECONDS} s (10 years) from "
+                       f"now. Fix: pass --ttl {MIN_TTL_SECONDS} or more, or --remove to keep "
+                       "it forever.", exit_code=EXIT_USAGE)
+    if seconds > MAX_TTL_SECONDS:
+        raise CLIError(f"{flag} {seconds} is too long: a checkpoint can expire at most "
+                       f"{MAX_TTL_SECONDS} s (10 years) from now. Fix: pass a smaller --ttl, "
+                       "or --remove to keep it forever.", exit_code=EXIT_USAGE)
+    return seconds
+
+
+def parse_utc_date(text: str) -> dt.datetime:
+    """An ``argparse`` type: an ISO 8601 date or time, UTC unless it names a zone.
+
+    Example:
+        >>> parse_utc_date("2026-01-02").isoformat()
+        '2026-01-02T00:00:00+00:00'
+        >>> parse_utc_date("2026-01-02T08:30:00Z").hour
+        8
+    """
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 date such as 2026-01-31 or 2026-01-31T08:00:00Z, got "
+            f"{text!r}") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
 
 def configure_checkpoint_list(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tinkex checkpoint list``."""
@@ -67,7 +139,7 @@ def configure_checkpoint_list(parser: argparse.ArgumentParser) -> None:
 
 @guarded
 def cmd_checkpoint_list(args: argparse.Namespace) -> int:
-    """List checkpoints of one run, or all of the user's (newest first)."""
+    """List checkpoints of one run, or all of the user's (newest first either way)."""
     with connect(args) as service:
         rest = service.create_rest_client()
         total: int | None
@@ -75,7 +147,7 @@ def cmd_checkpoint_list(args: argparse.Namespace) -> int:
             with not_found(f"training run {args.run_id!r}",
                            "`tinkex run list` shows your runs."):
                 listed = rest.list_checkpoints(args.run_id).result()
-            every = listed.checkpoints
+            every = newest_first(list(listed.checkpoints))
             limit = args.limit or len(every)
             checkpoints, total = every[:limit], len(every)
         else:
@@ -84,6 +156,7 @@ def cmd_checkpoint_list(args: argparse.Namespace) -> int:
                 return page.checkpoints, page.cursor.total_count if page.cursor else None
 
             checkpoints, total = collect_pages(fetch, args.limit)
+            checkpoints = newest_first(checkpoints)
     return print_listing(args.json, "checkpoints", checkpoints, total, CHECKPOINT_COLUMNS,
                          checkpoint_rows(checkpoints))
 
@@ -123,17 +196,25 @@ def cmd_checkpoint_info(args: argparse.Namespace) -> int:
         if not args.json:
             with contextlib.suppress(Exception):
                 run = rest.get_training_run_by_tinker_path(args.tinker_path).result()
-    if args.json:
-        print_json(ckpt)
-    else:
-        print(format_properties(checkpoint_properties(ckpt, run)))
-    return 0
+    return print_properties(args.json, ckpt, checkpoint_properties(ckpt, run))
 
 
 def configure_checkpoint_delete(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tinkex checkpoint delete``."""
-    parser.add_argument("tinker_paths", metavar="TINKER_PATH", nargs="+",
-                        help="checkpoints to delete")
+    parser.add_argument("tinker_paths", metavar="TINKER_PATH", nargs="*",
+                        help="checkpoints to delete (or give --run-id instead)")
+    parser.add_argument("--run-id", default=None,
+                        help="delete this training run's checkpoints (all of them, or those "
+                             "--type / --before / --after select)")
+    parser.add_argument("--type", dest="checkpoint_type", choices=sorted(_TYPES),
+                        default=None, metavar="TYPE",
+                        help="with --run-id: only checkpoints of this type (weights, "
+                             "sampler_weights or external_weights)")
+    parser.add_argument("--before", type=parse_utc_date, default=None, metavar="DATE",
+                        help="with --run-id: only checkpoints created before this ISO 8601 "
+                             "date or time (UTC unless it names a zone), e.g. 2026-06-01")
+    parser.add_argument("--after", type=parse_utc_date, default=None, metavar="DATE",
+                        help="with --run-id: only checkpoints created after this date or time")
     parser.add_argument("--yes", "-y", action="store_true",
                         help="do not ask for confirmation (needed when stdin is no terminal)")
     add_connection_options(parser)
@@ -145,25 +226,65 @@ def _confirm(question: str) -> bool:
     return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
-@guarded
-def cmd_checkpoint_delete(args: argparse.Namespace) -> int:
-    """Delete checkpoints; every path is checked before anything is deleted."""
-    from ...errors import APIError
+def _selected(rest: RestClient, args: argparse.Namespace) -> list[Checkpoint]:
+    """The checkpoints of ``--run-id`` that ``--type`` / ``--before`` / ``--after`` select."""
+    with not_found(f"training run {args.run_id!r}", "`tinkex run list` shows your runs."):
+        listed = newest_first(list(rest.list_checkpoints(args.run_id).result().checkpoints))
+    kind = _TYPES.get(args.checkpoint_type or "")
+    return [c for c in listed if (kind is None or c.checkpoint_type == kind)
+            and (args.before is None or c.time < args.before)
+            and (args.after is None or c.time > args.after)]
 
+
+def _check_delete_arguments(args: argparse.Namespace) -> list[str]:
+    """The explicit paths to delete (checked), or [] with --run-id; usage errors raise."""
+    if bool(args.tinker_paths) == bool(args.run_id):
+        raise CLIError("give either checkpoint paths or --run-id. Fix: e.g. `tinkex checkpoint "
+                       "delete tinker://RUN/weights/NAME`, or `tinkex checkpoint delete "
+                       "--run-id RUN --type weights --before 2026-06-01`.",
+                       exit_code=EXIT_USAGE)
+    if not args.run_id and (args.checkpoint_type or args.before or args.after):
+        raise CLIError("--type, --before and --after select among one run's checkpoints. "
+                       "Fix: add --run-id RUN (and leave out the paths).", exit_code=EXIT_USAGE)
     paths = list(dict.fromkeys(args.tinker_paths))
     for path in paths:
         parse_checkpoint_path(path)
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise CLIError(f"refusing to delete {len(paths)} checkpoint(s) without "
-                           "confirmation. Fix: pass --yes.", exit_code=2)
-        if not _confirm(f"Delete {len(paths)} checkpoint(s)? This cannot be undone."):
-            print("Nothing deleted.", file=sys.stderr)
-            return 1
+    return paths
+
+
+@guarded
+def cmd_checkpoint_delete(args: argparse.Namespace) -> int:
+    """Delete checkpoints (given paths, or a run's selection); every path is checked and the
+    deletion confirmed before anything is deleted."""
+    from ...errors import APIError
+
+    paths = _check_delete_arguments(args)
+    if not args.yes and not sys.stdin.isatty():
+        raise CLIError("refusing to delete checkpoints without confirmation (stdin is no "
+                       "terminal to ask on). Fix: pass --yes.", exit_code=EXIT_USAGE)
     deleted: list[str] = []
     failed: list[dict[str, str]] = []
     with connect(args) as service:
         rest = service.create_rest_client()
+        if args.run_id:
+            chosen = _selected(rest, args)
+            paths = [c.tinker_path for c in chosen]
+            if not paths:
+                if args.json:
+                    print_json({"deleted": [], "deleted_count": 0, "failed": []})
+                else:
+                    print(f"No checkpoints of run {args.run_id} match; nothing deleted.")
+                return 0
+            if not args.yes:
+                total = sum(c.size_bytes or 0 for c in chosen)
+                for c in chosen:
+                    print(f"  {c.tinker_path}  ({format_size(c.size_bytes)}, created "
+                          f"{format_time(c.time)})", file=sys.stderr)
+                print(f"  total: {format_size(total)}", file=sys.stderr)
+        if not args.yes and not _confirm(f"Delete {len(paths)} checkpoint(s)? This cannot be "
+                                         "undone."):
+            print("Nothing deleted.", file=sys.stderr)
+            return 1
         for path in paths:
             try:
                 rest.delete_checkpoint_from_tinker_path(path).result()
@@ -172,7 +293,7 @@ def cmd_checkpoint_delete(args: argparse.Namespace) -> int:
                 failed.append({"tinker_path": path,
                                "error": server_detail(exc) or one_line(str(exc))})
     if args.json:
-        print_json({"deleted": deleted, "failed": failed})
+        print_json({"deleted": deleted, "deleted_count": len(deleted), "failed": failed})
     else:
         for path in deleted:
             print(f"Deleted {path}")
@@ -222,23 +343,33 @@ def configure_checkpoint_set_ttl(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tinker_path", metavar="TINKER_PATH",
                         help="tinker://<run-id>/<kind>/<name>")
     parser.add_argument("seconds", metavar="SECONDS", nargs="?", type=positive, default=None,
-                        help="expire this many seconds from now (the API accepts 3600 s to 10 years)")
-    parser.add_argument("--remove", action="store_true", help="never expire")
+                        help="the same as --ttl SECONDS")
+    parser.add_argument("--ttl", type=positive, default=None, metavar="SECONDS",
+                        help=f"expire this many seconds from now ({MIN_TTL_SECONDS} = 1 hour "
+                             f"to {MAX_TTL_SECONDS} = 10 years)")
+    parser.add_argument("--remove", action="store_true",
+                        help="remove the expiry: keep the checkpoint until it is deleted")
     add_connection_options(parser)
 
 
 @guarded
 def cmd_checkpoint_set_ttl(args: argparse.Namespace) -> int:
     """Set or remove a checkpoint's expiry."""
-    if (args.seconds is None) == (not args.remove):
-        raise CLIError("give either SECONDS or --remove. Fix: e.g. `tinkex checkpoint set-ttl "
-                       "tinker://RUN/weights/NAME 86400`.", exit_code=2)
+    if args.seconds is not None and args.ttl is not None:
+        raise CLIError("SECONDS and --ttl say the same thing twice. Fix: give only --ttl "
+                       "SECONDS.", exit_code=EXIT_USAGE)
+    seconds = args.ttl if args.ttl is not None else args.seconds
+    if (seconds is None) == (not args.remove):
+        raise CLIError("give either --ttl SECONDS or --remove. Fix: e.g. `tinkex checkpoint "
+                       "set-ttl tinker://RUN/weights/NAME --ttl 86400`.", exit_code=EXIT_USAGE)
+    if seconds is not None:
+        check_ttl(seconds, "--ttl" if args.ttl is not None else "SECONDS")
     parse_checkpoint_path(args.tinker_path)
     with connect(args) as service:
         rest = service.create_rest_client()
         with not_found(f"checkpoint {args.tinker_path}", "`tinkex checkpoint list` shows "
                        "your checkpoints."):
-            rest.set_checkpoint_ttl_from_tinker_path(args.tinker_path, args.seconds).result()
+            rest.set_checkpoint_ttl_from_tinker_path(args.tinker_path, seconds).result()
         ckpt = _find_checkpoint(rest, args.tinker_path)
     if args.json:
         print_json(ckpt)
@@ -263,24 +394,86 @@ def configure_checkpoint_download(parser: argparse.ArgumentParser) -> None:
 def cmd_checkpoint_download(args: argparse.Namespace) -> int:
     """Download a checkpoint's adapter files (Hugging Face PEFT format)."""
     parse_checkpoint_path(args.tinker_path)
-    with connect(args) as service, not_found(
-            f"checkpoint {args.tinker_path}", "`tinkex checkpoint list` shows your "
-            "checkpoints."):
-        result = download_checkpoint(service, args.tinker_path, args.output, force=args.force,
-                                     show_progress=sys.stderr.isatty() and not args.json)
+    with connect(args) as service:
+        stored = _find_checkpoint(service.create_rest_client(), args.tinker_path)
+        with not_found(f"checkpoint {args.tinker_path}", "`tinkex checkpoint list` shows "
+                       "your checkpoints."):
+            result = download_checkpoint(service, args.tinker_path, args.output,
+                                         force=args.force,
+                                         show_progress=sys.stderr.isatty() and not args.json)
     if args.json:
         print_json({"tinker_path": result.tinker_path,
                     "destination": str(result.destination), "files": result.files,
-                    "size_bytes": result.size_bytes})
-    else:
-        print(f"Downloaded {result.tinker_path} to {result.destination} "
-              f"({len(result.files)} files, {format_size(result.size_bytes)})")
-        sizes = [format_size((result.destination / f).stat().st_size) for f in result.files]
-        print(format_table(["File", "Size"], [[f, s] for f, s in zip(result.files, sizes)]))
+                    "size_bytes": result.size_bytes, "stored_size_bytes": stored.size_bytes})
+        return 0
+    print(f"Downloaded {result.tinker_path} to {result.destination}: {len(result.files)} "
+          f"files, {format_size(result.size_bytes)} as a Hugging Face PEFT adapter")
+    if stored.size_bytes is not None and stored.size_bytes != result.size_bytes:
+        print(f"(the checkpoint takes {format_size(stored.size_bytes)} as stored on the "
+              "server, which is what `tinkex checkpoint info` shows; the formats differ)")
+    sizes = [format_size((result.destination / f).stat().st_size) for f in result.files]
+    print(format_table(["File", "Size"], [[f, s] for f, s in zip(result.files, sizes)]))
     return 0
 
 
-COMMAND = Command("checkpoint", "list, inspect, publish, expire, delete and download checkpoints",
+def configure_checkpoint_push_hf(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``tinkex checkpoint push-hf``."""
+    parser.add_argument("tinker_path", metavar="TINKER_PATH",
+                        help="the checkpoint to upload, tinker://<run-id>/<kind>/<name>")
+    parser.add_argument("--repo", "-r", dest="repo_id", default=None, metavar="REPO_ID",
+                        help="Hugging Face repository, e.g. ada/my-adapter (default: "
+                             "<your Hub user>/tinker-<base model>-<run id>)")
+    parser.add_argument("--public", action="store_true",
+                        help="create the repository public (default: private; an existing "
+                             "repository keeps its visibility)")
+    parser.add_argument("--revision", default=None,
+                        help="branch to upload to, created if missing (default: main)")
+    parser.add_argument("--commit-message", default=None,
+                        help="message of the Hub commit (default: 'Upload <path> with tinkex')")
+    parser.add_argument("--create-pr", action="store_true",
+                        help="open a pull request on the repository instead of committing "
+                             "to the branch")
+    parser.add_argument("--allow-pattern", action="append", dest="allow_patterns",
+                        default=None, metavar="GLOB",
+                        help="upload only files matching this pattern (repeatable)")
+    parser.add_argument("--ignore-pattern", action="append", dest="ignore_patterns",
+                        default=None, metavar="GLOB",
+                        help="leave out files matching this pattern (repeatable)")
+    parser.add_argument("--no-model-card", action="store_true",
+                        help="do not add a README.md model card")
+    add_connection_options(parser)
+
+
+@guarded
+def cmd_checkpoint_push_hf(args: argparse.Namespace) -> int:
+    """Upload a checkpoint to the Hugging Face Hub as a PEFT adapter with a model card."""
+    from ..hub import push_to_hub
+
+    parse_checkpoint_path(args.tinker_path)
+    if args.create_pr and args.revision:
+        raise CLIError("--create-pr opens a pull request against the main branch, so it takes "
+                       "no --revision. Fix: leave out one of them.", exit_code=EXIT_USAGE)
+    with connect(args) as service:
+        _find_checkpoint(service.create_rest_client(), args.tinker_path)
+        upload = push_to_hub(service, args.tinker_path, repo_id=args.repo_id,
+                             public=args.public, revision=args.revision,
+                             commit_message=args.commit_message, create_pr=args.create_pr,
+                             allow_patterns=args.allow_patterns,
+                             ignore_patterns=args.ignore_patterns,
+                             add_model_card=not args.no_model_card,
+                             show_progress=sys.stderr.isatty() and not args.json)
+    if args.json:
+        print_json(upload)
+        return 0
+    where = upload.pr_url or upload.commit_url or upload.repo_url
+    print(f"Uploaded {upload.tinker_path} to {upload.repo_id} "
+          f"({'public' if upload.public else 'private'}): {where}")
+    print(format_table(["File"], [[f] for f in upload.files]))
+    return 0
+
+
+COMMAND = Command("checkpoint", "list, inspect, publish, expire, delete, download and upload "
+                  "checkpoints",
                   subcommands=(
     Command("list", "list checkpoints (one run's, or all of yours)", configure_checkpoint_list,
             cmd_checkpoint_list),
@@ -294,4 +487,6 @@ COMMAND = Command("checkpoint", "list, inspect, publish, expire, delete and down
             cmd_checkpoint_set_ttl),
     Command("download", "download a checkpoint's adapter files",
             configure_checkpoint_download, cmd_checkpoint_download),
+    Command("push-hf", "upload a checkpoint to the Hugging Face Hub as a PEFT adapter",
+            configure_checkpoint_push_hf, cmd_checkpoint_push_hf),
 ))

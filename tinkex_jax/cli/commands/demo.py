@@ -14,10 +14,10 @@ Example:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..command import Command
+from ..errors import EXIT_USAGE, CLIError, guarded
 
 __all__ = ["COMMAND", "cmd_demo", "configure_demo"]
 
@@ -42,21 +42,17 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
                              "directory, removed at the end)")
 
 
+@guarded
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the demo; 2 for bad arguments."""
+    """Run the demo; 2 for bad arguments (the message names the flag)."""
     from ...demo import DemoConfig, run_demo
-    from ...errors import ValidationError
 
     if args.steps < 1 or args.batch_size < 1:
-        print("tinkex demo: --steps and --batch-size must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        run_demo(DemoConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size,
-                            learning_rate=args.learning_rate, out_dir=args.out,
-                            data_dir=args.data_dir))
-    except ValidationError as exc:
-        print(f"tinkex demo: {exc}", file=sys.stderr)
-        return 2
+        raise CLIError("--steps and --batch-size must be at least 1. Fix: pass e.g. --steps 40 "
+                       "--batch-size 16.", exit_code=EXIT_USAGE)
+    run_demo(DemoConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+                        learning_rate=args.learning_rate, out_dir=args.out,
+                        data_dir=args.data_dir))
     return 0
 
 

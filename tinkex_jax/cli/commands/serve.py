@@ -20,6 +20,7 @@ import os
 import sys
 
 from ..command import Command
+from ..errors import guarded
 
 __all__ = ["COMMAND", "cmd_serve", "configure_serve"]
 
@@ -42,37 +43,41 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
                         metavar="NAME_OR_DIR",
                         help="a base model to offer: a preset or a local Hugging Face "
                              f"directory; repeatable (default: {', '.join(DEFAULT_BASE_MODELS)})")
-    parser.add_argument("--long-poll-timeout", type=float, default=30.0,
-                        help="seconds retrieve_future waits before answering try_again")
+    parser.add_argument("--long-poll-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="how long the server holds a client's request for a result that "
+                             "is not ready before telling it to ask again (more than 0, at most "
+                             "40; default %(default)s)")
     parser.add_argument("--workers", type=int, default=1,
-                        help="compute threads (default 1; XLA already uses every core)")
+                        help="compute threads (default %(default)s; XLA already uses every "
+                             "core)")
     parser.add_argument("--no-warm-up", action="store_true",
                         help="load base models on first use instead of at start-up")
     parser.add_argument("--max-pending-samples", type=int, default=None,
                         help="answer sampling requests beyond this many in flight with 429 "
                              "backpressure, as a busy hosted service does (default: no limit)")
     parser.add_argument("--pjwt-auth", action="store_true",
-                        help="serve JWT auth (PROTOCOL.md §1.3): clients exchange their key at "
-                             "POST /api/v1/auth/token and send the JWT, as on JWT-mode servers")
+                        help="serve JWT auth (docs/protocol.md §1.3): clients exchange their "
+                             "key at POST /api/v1/auth/token and send the JWT, as on JWT-mode "
+                             "servers; `tinkex auth whoami` then answers")
     parser.add_argument("--log-level", default="info",
-                        choices=["critical", "error", "warning", "info", "debug"])
+                        choices=["critical", "error", "warning", "info", "debug"],
+                        help="how much the server logs to stderr: start-up and notable events "
+                             "at info, problems only at warning or above, details at debug "
+                             "(default %(default)s)")
 
 
+@guarded
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Start the server and serve until interrupted; 2 for a bad configuration."""
-    from ...errors import ValidationError
+    """Start the server and serve until interrupted; 2 for a bad configuration (the message
+    names the flag)."""
     from ...local import ServerConfig, run_server
 
     api_key = args.api_key or os.environ.get("TINKEX_LOCAL_API_KEY") or None
-    try:
-        config = ServerConfig.create(
-            args.data_dir, args.base_models, host=args.host, port=args.port, api_key=api_key,
-            long_poll_timeout_s=args.long_poll_timeout, compute_workers=args.workers,
-            warm_up=not args.no_warm_up, pjwt_auth_enabled=args.pjwt_auth,
-            max_pending_samples=args.max_pending_samples)
-    except ValidationError as exc:
-        print(f"tinkex serve: {exc}", file=sys.stderr)
-        return 2
+    config = ServerConfig.create(
+        args.data_dir, args.base_models, host=args.host, port=args.port, api_key=api_key,
+        long_poll_timeout_s=args.long_poll_timeout, compute_workers=args.workers,
+        warm_up=not args.no_warm_up, pjwt_auth_enabled=args.pjwt_auth,
+        max_pending_samples=args.max_pending_samples)
     key_hint = "<your --api-key>" if api_key else "tml-local"
     print(f"tinkex local backend on http://{config.host}:{config.port} "
           f"(data: {config.data_dir}; models: {', '.join(config.base_models)})\n"
