@@ -113,6 +113,8 @@ def test_login_stores_the_key_the_sdk_reads_then_logout_removes_it(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert read_stored_key(path) == KEY  # the SDK's own reader finds it
+    official = pytest.importorskip("tinker.lib.credentials")  # and so does the official one
+    assert official.JsonCredentialStore(path).get_default_key().key == KEY
 
     # the SDK now works without any key configured
     with tinkex_jax.ServiceClient(base_url=url, telemetry=False) as service:
@@ -200,6 +202,9 @@ def test_login_reads_the_hosted_key_endpoint(clean_env: Path,
     stored = json.loads(creds(clean_env).read_text())
     assert stored["default"] == "42" and stored["keys"]["42"]["name"] == "laptop"
     assert stored["keys"]["42"]["details"] == details
+    official = pytest.importorskip("tinker.lib.credentials")  # the official SDK reads it too
+    record = official.JsonCredentialStore(creds(clean_env)).get_default_key()
+    assert record.key == "tml-good" and record.details.user_details.email == "ada@acme.test"
     assert [c.headers["x-api-key"] for c in fake.calls_to("auth/apikey/me")] == [
         "tml-bad", "tml-good"]
 
