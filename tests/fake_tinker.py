@@ -298,6 +298,10 @@ class FakeTinker:
                                        "lora_rank": 8})
         if path == "copy_weights":
             return json_response(200, {"tinker_path": "tinker://run-2/weights/copy"})
+        if path == "billing/usage/events":  # a hosted-style organization with no usage
+            return json_response(200, {"data": [], "sessions": {}})
+        if path == "billing/usage/checkpoints/current":
+            return json_response(200, {"data": []})
         if path == "audit":
             return json_response(200, {"entries": [{
                 "timestamp": "2026-01-01T00:00:00Z", "event": "checkpoint_delete",

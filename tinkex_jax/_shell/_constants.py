@@ -119,6 +119,8 @@ ENDPOINTS: dict[str, Endpoint] = {
     "weights_info": Endpoint("POST", "weights_info"),
     "copy_weights": Endpoint("POST", "copy_weights"),
     "get_sampler": Endpoint("GET", "samplers/{sampler_id}"),
-    # admin (§3.10)
+    # admin (§3.10, §3.11)
     "audit_log": Endpoint("GET", "audit"),
+    "billing_usage": Endpoint("GET", "billing/usage/events"),
+    "checkpoint_storage_usage": Endpoint("GET", "billing/usage/checkpoints/current"),
 }

@@ -22,10 +22,14 @@ from ..errors import APIResponseValidationError, TinkerError, invalid
 from ..types import (
     AuditEventType,
     AuditLogResponse,
+    BillingUsageResponse,
     CheckpointsListResponse,
     CopyWeightsRequest,
     CopyWeightsResponse,
+    CurrentCheckpointStorageUsageResponse,
     ExternalWeightsUrlsResponse,
+    GetBillingUsageRequest,
+    GetCurrentCheckpointStorageUsageRequest,
     GetSamplerResponse,
     GetServerCapabilitiesResponse,
     GetSessionResponse,
@@ -330,6 +334,28 @@ class RestClient:
         """Awaitable `get_audit_log` result."""
         return await self.get_audit_log(event_type, day)
 
+    def get_billing_usage(self, starting_on: dt.datetime | str,
+                          ending_before: dt.datetime | str) -> Future[BillingUsageResponse]:
+        """Hourly billing usage; see `AdminClient.get_billing_usage` (kept here for ported
+        code: the official SDK moved it to its AdminClient)."""
+        return _get_billing_usage(self, "get_billing_usage", starting_on, ending_before)
+
+    async def get_billing_usage_async(self, starting_on: dt.datetime | str,
+                                      ending_before: dt.datetime | str) -> BillingUsageResponse:
+        """Awaitable `get_billing_usage` result."""
+        return await self.get_billing_usage(starting_on, ending_before)
+
+    def get_current_checkpoint_storage_usage(self, project_id: str | None = None
+                                             ) -> Future[CurrentCheckpointStorageUsageResponse]:
+        """Current checkpoint storage; see `AdminClient.get_current_checkpoint_storage_usage`."""
+        return _get_checkpoint_storage_usage(self, "get_current_checkpoint_storage_usage",
+                                             project_id)
+
+    async def get_current_checkpoint_storage_usage_async(
+            self, project_id: str | None = None) -> CurrentCheckpointStorageUsageResponse:
+        """Awaitable `get_current_checkpoint_storage_usage` result."""
+        return await self.get_current_checkpoint_storage_usage(project_id)
+
     # ------------------------------------------------------------------ identity
 
     def whoami(self) -> Future[WhoamiResponse]:
@@ -457,13 +483,48 @@ def _get_audit_log(client: RestClient, method: str, event_type: str, day: dt.dat
     return client._get(method, "audit_log", AuditLogResponse, params=params)
 
 
+def _rfc3339(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _when(value: dt.datetime | str, where: str) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str):
+        text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+        try:
+            return dt.datetime.fromisoformat(text)
+        except ValueError:
+            pass
+    raise invalid(where, "a datetime or an RFC 3339 string such as 2026-07-13T00:00:00Z", value)
+
+
+def _get_billing_usage(client: RestClient, method: str, starting_on: dt.datetime | str,
+                       ending_before: dt.datetime | str) -> Future[BillingUsageResponse]:
+    request = GetBillingUsageRequest(  # checks the window before anything is sent
+        starting_on=_when(starting_on, "get_billing_usage(starting_on)"),
+        ending_before=_when(ending_before, "get_billing_usage(ending_before)"))
+    params = {"starting_on": _rfc3339(request.starting_on),
+              "ending_before": _rfc3339(request.ending_before)}
+    return client._get(method, "billing_usage", BillingUsageResponse, params=params)
+
+
+def _get_checkpoint_storage_usage(client: RestClient, method: str, project_id: str | None
+                                  ) -> Future[CurrentCheckpointStorageUsageResponse]:
+    request = GetCurrentCheckpointStorageUsageRequest(project_id=project_id)
+    params = {"project_id": request.project_id} if request.project_id is not None else None
+    return client._get(method, "checkpoint_storage_usage",
+                       CurrentCheckpointStorageUsageResponse, params=params)
+
+
 @instrument_async
 class AdminClient:
-    """The calls the hosted service reserves for organization admins: the audit log.
+    """The calls the hosted service reserves for organization admins: the audit log and
+    billing usage.
 
     Built like a `RestClient` (``AdminClient(base_url=..., api_key=...)``, then `close` it)
-    or over an existing client's connections. The hosted billing calls of the official
-    ``AdminClient`` are not here: they have no counterpart on other servers.
+    or over an existing client's connections. A server that bills nothing (the local
+    backend) answers the billing calls with 404 (`NotFoundError`).
 
     Example:
         >>> admin = AdminClient(base_url="http://127.0.0.1:8000")          # doctest: +SKIP
@@ -519,6 +580,51 @@ class AdminClient:
                                   day: dt.date | None = None) -> AuditLogResponse:
         """Awaitable `get_audit_log` result."""
         return await self.get_audit_log(event_type, day)
+
+    def get_billing_usage(self, starting_on: dt.datetime | str,
+                          ending_before: dt.datetime | str) -> Future[BillingUsageResponse]:
+        """Hourly billing usage of the organization (``GET /api/v1/billing/usage/events``).
+
+        Args:
+            starting_on: Inclusive start, on a UTC hour, not in the future (a datetime or an
+                RFC 3339 string).
+            ending_before: Exclusive end, on a UTC hour, at most 14 days after the start.
+
+        Raises:
+            ValidationError: a window the server would refuse (before anything is sent).
+            NotFoundError: the server bills nothing (the local backend).
+
+        Example:
+            >>> usage = admin.get_billing_usage("2026-07-13T00:00:00Z",      # doctest: +SKIP
+            ...                                 "2026-07-14T00:00:00Z").result()
+            >>> [(e.bucket_start, e.event_info.type) for e in usage.data]   # doctest: +SKIP
+        """
+        return _get_billing_usage(self._rest, "AdminClient.get_billing_usage", starting_on,
+                                  ending_before)
+
+    async def get_billing_usage_async(self, starting_on: dt.datetime | str,
+                                      ending_before: dt.datetime | str) -> BillingUsageResponse:
+        """Awaitable `get_billing_usage` result."""
+        return await self.get_billing_usage(starting_on, ending_before)
+
+    def get_current_checkpoint_storage_usage(self, project_id: str | None = None
+                                             ) -> Future[CurrentCheckpointStorageUsageResponse]:
+        """Current checkpoint count, size and projected storage cost, for the organization or
+        one project (``GET /api/v1/billing/usage/checkpoints/current``).
+
+        Raises:
+            NotFoundError: the server bills nothing (the local backend).
+
+        Example:
+            >>> admin.get_current_checkpoint_storage_usage().result().data  # doctest: +SKIP
+        """
+        return _get_checkpoint_storage_usage(
+            self._rest, "AdminClient.get_current_checkpoint_storage_usage", project_id)
+
+    async def get_current_checkpoint_storage_usage_async(
+            self, project_id: str | None = None) -> CurrentCheckpointStorageUsageResponse:
+        """Awaitable `get_current_checkpoint_storage_usage` result."""
+        return await self.get_current_checkpoint_storage_usage(project_id)
 
 
 async def copy_weights(shell: Shell, body: CopyWeightsRequest, *,

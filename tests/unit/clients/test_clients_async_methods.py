@@ -161,6 +161,15 @@ CALLS: dict[tuple[str, str], Call] = {
         "rest", lambda c: c["rest"].get_audit_log_async(), lambda p: p == "audit"),
     ("AdminClient", "get_audit_log_async"): (
         "admin", lambda c: c["admin"].get_audit_log_async(), lambda p: p == "audit"),
+    **{(client, "get_billing_usage_async"): (
+        key, lambda c, key=key: c[key].get_billing_usage_async("2026-01-01T00:00:00Z",
+                                                               "2026-01-02T00:00:00Z"),
+        lambda p: p == "billing/usage/events")
+       for client, key in (("RestClient", "rest"), ("AdminClient", "admin"))},
+    **{(client, "get_current_checkpoint_storage_usage_async"): (
+        key, lambda c, key=key: c[key].get_current_checkpoint_storage_usage_async("p1"),
+        lambda p: p == "billing/usage/checkpoints/current")
+       for client, key in (("RestClient", "rest"), ("AdminClient", "admin"))},
 }
 # No request at all: answered from what the client already knows.
 NO_REQUEST = {("TrainingClient", "get_info_async"), ("SamplingClient", "get_base_model_async")}

@@ -204,3 +204,23 @@ def test_audit_log_query_and_answer():
     assert calls[0].headers["x-sdk-method"] == "RestClient.get_audit_log"
     assert "create_session" not in fake.paths()
     service.close()
+
+
+def test_billing_calls_check_the_window_before_sending_and_read_the_answer():
+    fake = FakeTinker()
+    service = make_service(fake)
+    admin = tinker.AdminClient(service._shell)
+    usage = admin.get_billing_usage("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z").result(
+        timeout=5)
+    assert usage.data == [] and fake.calls_to("billing/usage/events")[0].query == {
+        "starting_on": "2026-01-01T00:00:00Z", "ending_before": "2026-01-02T00:00:00Z"}
+    for start, end in (("2026-01-01T00:30:00Z", "2026-01-02T00:00:00Z"),  # not on an hour
+                       ("2026-01-01T00:00:00Z", "2026-01-20T00:00:00Z"),  # over 14 days
+                       ("yesterday", "2026-01-02T00:00:00Z")):
+        with pytest.raises(tinker.ValidationError):
+            admin.get_billing_usage(start, end)
+    assert len(fake.calls_to("billing/usage/events")) == 1  # the refused ones sent nothing
+    rest = service.create_rest_client()
+    assert rest.get_current_checkpoint_storage_usage("p1").result(timeout=5).data == []
+    assert fake.calls_to("billing/usage/checkpoints/current")[0].query == {"project_id": "p1"}
+    service.close()

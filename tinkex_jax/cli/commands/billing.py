@@ -3,10 +3,8 @@ service.
 
 For: ``usage`` (hourly usage rows of a window of at most 14 days) and ``checkpoint-storage``
 (checkpoints stored now and their projected monthly cost), as a table, JSON or CSV. These are
-organization-admin calls of the hosted service (``GET /api/v1/billing/usage/events`` and
-``GET /api/v1/billing/usage/checkpoints/current``); the SDK's clients leave them out (no other
-server bills), so this module sends them over the SDK's connection itself and reads the
-answers into the SDK's billing types. A server without them (the local backend bills
+organization-admin calls of the hosted service (``RestClient.get_billing_usage`` and
+``get_current_checkpoint_storage_usage``). A server without them (the local backend bills
 nothing) gets a clear message and exit status 3 (`EXIT_UNSUPPORTED`). Not for: invoices or
 amounts due: the costs are gross estimates before credits.
 
@@ -25,7 +23,7 @@ import datetime as dt
 import io
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..arguments import add_connection_options
@@ -35,7 +33,8 @@ from ..errors import EXIT_USAGE, CLIError, guarded, server_detail, what_happened
 from ..output import format_table, print_json
 
 if TYPE_CHECKING:
-    from ...clients import ServiceClient
+    from ..._shell import Future
+    from ...clients import RestClient
 
 __all__ = ["COMMAND", "EXIT_UNSUPPORTED", "cmd_billing_checkpoint_storage",
            "cmd_billing_usage", "configure_billing_checkpoint_storage",
@@ -76,20 +75,6 @@ def _rfc3339(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _admin_get(service: ServiceClient, path: str, params: Mapping[str, str | None],
-               response_type: type[T], method: str) -> T:
-    """GET an admin endpoint over the service's connection (its auth, retries, errors)."""
-    from ...wire import decode_json
-
-    rest = service.create_rest_client()
-
-    async def call() -> T:
-        response = await rest._shell.http.send("GET", path, params=dict(params))
-        return decode_json(response.content, response_type)
-
-    return rest._run(method, call).result()
-
-
 def _unsupported(args: argparse.Namespace, base_url: str, detail: str) -> int:
     said = f" (HTTP 404: {detail})" if detail else " (HTTP 404)"
     message = (f"the server at {base_url} does not offer billing data{said}. Fix: billing is "
@@ -101,15 +86,15 @@ def _unsupported(args: argparse.Namespace, base_url: str, detail: str) -> int:
     return EXIT_UNSUPPORTED
 
 
-def _fetch(args: argparse.Namespace, path: str, params: Mapping[str, str | None],
-           response_type: type[T], method: str) -> tuple[T | None, str, str]:
-    """The decoded answer (None when the server has no such endpoint), the server's URL and
-    what it said with its 404."""
+def _fetch(args: argparse.Namespace, call: Callable[[RestClient], Future[T]]
+           ) -> tuple[T, str, str] | tuple[None, str, str]:
+    """The answer of a billing call (None when the server has no such endpoint), the server's
+    URL and what it said with its 404."""
     from ...errors import NotFoundError, PermissionDeniedError
 
     with connect(args) as service:
         try:
-            answer = _admin_get(service, path, params, response_type, method)
+            answer = call(service.create_rest_client()).result()
             return answer, service.base_url, ""
         except NotFoundError as exc:
             return None, service.base_url, what_happened(server_detail(exc))
@@ -193,16 +178,12 @@ def cmd_billing_usage(args: argparse.Namespace) -> int:
     """Show hourly usage of the organization in a window; 3 where no billing is offered."""
     import msgspec
 
-    from ...types import BillingUsageResponse
-
     start, end = args.starting_on, args.ending_before
     if not start < end <= start + _MAX_WINDOW:
         raise CLIError(f"the window from {_rfc3339(start)} to {_rfc3339(end)} is not 1 hour "
                        "to 14 days long. Fix: pass an ENDING_BEFORE after STARTING_ON and at most "
                        "14 days later.", exit_code=EXIT_USAGE)
-    answer, base_url, detail = _fetch(args, "billing/usage/events",
-                           {"starting_on": _rfc3339(start), "ending_before": _rfc3339(end)},
-                           BillingUsageResponse, "AdminClient.get_billing_usage")
+    answer, base_url, detail = _fetch(args, lambda rest: rest.get_billing_usage(start, end))
     if answer is None:
         return _unsupported(args, base_url, detail)
     data = msgspec.to_builtins(answer)
@@ -238,12 +219,8 @@ def cmd_billing_checkpoint_storage(args: argparse.Namespace) -> int:
     """Show checkpoint storage now and its projected cost; 3 where no billing is offered."""
     import msgspec
 
-    from ...types import CurrentCheckpointStorageUsageResponse
-
-    answer, base_url, detail = _fetch(args, "billing/usage/checkpoints/current",
-                           {"project_id": args.project_id},
-                           CurrentCheckpointStorageUsageResponse,
-                           "AdminClient.get_current_checkpoint_storage_usage")
+    answer, base_url, detail = _fetch(
+        args, lambda rest: rest.get_current_checkpoint_storage_usage(args.project_id))
     if answer is None:
         return _unsupported(args, base_url, detail)
     data = msgspec.to_builtins(answer)
