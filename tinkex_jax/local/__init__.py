@@ -16,13 +16,20 @@ Example:
     ...     sc = tinker.ServiceClient(base_url=server.base_url, api_key=server.api_key)
 
 ``import tinkex_jax.local`` is cheap: JAX is imported when a server starts.
+
+Inside: `_app` (HTTP routes, the only module that speaks HTTP) over `_engine.Engine`, which
+wires the services: `_core` (request dedup, futures, per-model lanes), `_sessions`,
+`_training`, `_weights` (checkpoints), `_sampling` and `_catalog` (the REST read side),
+with `_storage` (SQLite and checkpoint files) and `_effects` (clocks, ids, seeds) beneath
+them and a `_backend.Backend` (the JAX model layer in `model`) doing the array work. The
+model layer never imports the server; code outside this package uses only the names below.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._config import DEFAULT_BASE_MODELS, ServerConfig, default_data_dir
+from ._config import DEFAULT_BASE_MODELS, LOCALHOST, ServerConfig, default_data_dir
 from ._server import LocalServer, build_app, run_server, serve
 
 if TYPE_CHECKING:
@@ -32,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BASE_MODELS",
     "Engine",
+    "LOCALHOST",
     "LocalServer",
     "ServerConfig",
     "build_app",

@@ -1,4 +1,10 @@
-"""The Starlette app: Tinker's HTTP routes (PROTOCOL.md §3, §11) over an `Engine`.
+"""The Starlette app: Tinker's HTTP routes (PROTOCOL.md §3, §11) over the engine's services.
+
+The only module that speaks HTTP: it checks credentials, decodes bodies into wire types,
+calls the service each route needs (`Engine.sessions`, ``training``, ``weights``,
+``sampling``, ``catalog``, ``core`` for futures) and encodes the answers. It keeps no request
+state and does no model work; slow calls (loading weights, copying, deleting) run in the
+thread pool, never on the event loop.
 
 Every answer is JSON except the protobuf results of forward / forward_backward / sample
 futures. Every error is JSON too, ``{"detail": message, "code": name}``, with a message that

@@ -34,7 +34,7 @@ from __future__ import annotations
 from ._backend import Backend
 from ._catalog import Catalog
 from ._config import ServerConfig
-from ._core import Core, fingerprint
+from ._core import Core
 from ._effects import REAL_EFFECTS, Effects
 from ._sampling import Sampling
 from ._sessions import Sessions
@@ -43,7 +43,7 @@ from ._storage import Storage
 from ._training import Training
 from ._weights import Weights
 
-__all__ = ["Engine", "fingerprint"]
+__all__ = ["Engine"]
 
 
 class Engine:
