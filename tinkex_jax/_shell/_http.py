@@ -36,6 +36,7 @@ from ._waits import WaitLog, describe_no_answer
 
 __all__ = [
     "DOWNLOAD_TIMEOUT",
+    "KEEPALIVE_EXPIRY",
     "SDK_METHOD",
     "HttpCore",
     "build_async_client",
@@ -62,6 +63,11 @@ def default_headers(settings: Settings) -> dict[str, str]:
     headers.update(settings.default_headers)
     return headers
 
+
+#: Seconds an idle connection stays in the pool. Servers commonly close idle connections
+#: after 5 s (uvicorn's default, so the local backend's too); reusing one at that very moment
+#: loses the request ("server disconnected") and costs a retry, so the client lets go first.
+KEEPALIVE_EXPIRY = 4.0
 
 #: Timeouts of a file download: long reads (large files), short connects.
 DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -90,7 +96,8 @@ def build_async_client(settings: Settings, *,
         auth=auth if auth is not None else CredentialAuth(primary_source(settings)),
         headers=default_headers(settings),
         timeout=settings.timeout,
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=20),
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=20,
+                            keepalive_expiry=KEEPALIVE_EXPIRY),
         http2=transport is None and importlib.util.find_spec("h2") is not None,
         transport=transport,
         **_network_options(settings, transport is not None),
@@ -231,9 +238,11 @@ class HttpCore:
         """The absolute URL of an API path (``"get_info"`` → ``<base>/api/v1/get_info``)."""
         return join_url(self.settings.base_url, "api/v1/" + path.lstrip("/"))
 
-    def _notice_retry(self, what: str, delay: float, retry: BaseRetries) -> None:
+    def _notice_retry(self, what: str, delay: float, retry: BaseRetries, started: float
+                      ) -> None:
         self.waits.notice("retry", f"{what}; retrying in {delay:.1f} s (retry {retry.taken} of "
-                                   f"{retry.max_retries} for this request).")
+                                   f"{retry.max_retries} for this request).",
+                          waited=self.runtime.clock() - started + delay)
 
     def _first_contact_delay(self, retry: BaseRetries, what: str) -> float | None:
         """The wait before retrying a connect failure while the server never answered, or
@@ -247,7 +256,8 @@ class HttpCore:
         self.waits.notice("connect", (
             f"No Tinker server has answered at {self.settings.base_url} yet ({what}); the SDK "
             f"keeps trying for up to {window:g} s in all (wait_for_server / "
-            f"TINKEX_WAIT_FOR_SERVER) before failing; next try in {delay:.1f} s."))
+            f"TINKEX_WAIT_FOR_SERVER) before failing; next try in {delay:.1f} s."),
+            waited=elapsed + delay)
         return delay
 
     def _log_deprecation(self, response: httpx.Response) -> None:
@@ -327,7 +337,7 @@ class HttpCore:
                 else:
                     delay = retry.after_no_answer()
                     if delay is not None:
-                        self._notice_retry(what, delay, retry)
+                        self._notice_retry(what, delay, retry, started)
                 if delay is not None:
                     await self.runtime.sleep(delay)
                     continue
@@ -344,7 +354,7 @@ class HttpCore:
                 delay = retry.after_no_answer()
                 if delay is not None:
                     self._notice_retry(f"{method} /api/v1/{path}: empty HTTP 400 from a proxy",
-                                       delay, retry)
+                                       delay, retry, started)
                     await self.runtime.sleep(delay)
                     continue
                 where = sdk_method or "tinkex_jax"
@@ -358,7 +368,8 @@ class HttpCore:
                 return response
             delay = retry.after_status(status, response.headers)
             if delay is not None:
-                self._notice_retry(f"{method} /api/v1/{path}: HTTP {status}", delay, retry)
+                self._notice_retry(f"{method} /api/v1/{path}: HTTP {status}", delay, retry,
+                                   started)
                 await self.runtime.sleep(delay)
                 continue
             if not check_status:

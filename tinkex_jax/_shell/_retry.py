@@ -307,7 +307,7 @@ async def with_holder_retries(
             message = (f"{what} failed ({_short(error)}); trying it again in {delay:.0f} s, "
                        f"and for up to {left:.0f} s more before giving up.")
             if waits is not None:
-                waits.notice("retry", message)
+                waits.notice("retry", message, waited=runtime.clock() - start + delay)
             else:
                 logger.debug("%s", message)
             attempt += 1

@@ -3,10 +3,12 @@
 The SDK waits in a few places: retries of a request that got no answer or a retryable error
 (docs/protocol.md §6), long polls of a result the server has not finished (§5), queue states
 the server reports (paused for capacity or a rate limit) and sampling backpressure. Each
-wait is announced through one `WaitLog` per shell on the ``tinkex_jax.wait`` logger: the
-first notice of a kind at INFO, later ones of that kind at INFO again only after `every`
-seconds (the others at DEBUG), so a stuck loop shows a steady trickle instead of silence or
-a flood. Each message names what is awaited and how long the SDK will keep waiting.
+wait that lasts more than a few seconds (`WaitLog.after`) is announced through one `WaitLog`
+per shell on the ``tinkex_jax.wait`` logger: the first notice of a kind at INFO, later ones
+of that kind at INFO again only after `every` seconds (the others, and short waits such as
+one quick retry of a dropped keep-alive connection, at DEBUG), so a stuck loop shows a
+steady trickle instead of silence or a flood. Each message names what is awaited and how
+long the SDK will keep waiting.
 
 When the program has not configured logging at all (no handler anywhere on the logger's
 path and no level set on the ``tinkex_jax`` loggers), Python would drop INFO lines; then
@@ -16,6 +18,8 @@ Configure logging (or set ``TINKER_LOG=warning``) to route or silence them.
 Example:
     >>> now = [0.0]
     >>> waits = WaitLog(lambda: now[0], every=30.0)
+    >>> waits.notice("retry", "a short wait", waited=0.5)
+    False
     >>> waits.notice("retry", "first"), waits.notice("retry", "second")
     (True, False)
     >>> now[0] = 31.0; waits.notice("retry", "third"), waits.notice("poll", "other kind")
@@ -84,22 +88,31 @@ def logging_untouched(target: logging.Logger = logger) -> bool:
 
 
 class WaitLog:
-    """Announces waits at INFO: the first of each kind at once, then at most one per `every`
-    seconds of `clock` per kind (the rest at DEBUG).
+    """Announces waits at INFO: the first of each kind that lasts `after` seconds or more,
+    then at most one per `every` seconds of `clock` per kind (the rest at DEBUG).
 
     Args:
         clock: Monotonic seconds (the shell's `Runtime.clock`, so tests use a fake clock).
         every: Seconds between INFO notices of one kind.
+        after: A wait shorter than this (so far, including the next sleep) is only
+            logged at DEBUG.
     """
 
-    def __init__(self, clock: Callable[[], float], *, every: float = 30.0) -> None:
+    def __init__(self, clock: Callable[[], float], *, every: float = 30.0,
+                 after: float = 3.0) -> None:
         self.clock = clock
         self.every = every
+        self.after = after
         self._last: dict[str, float] = {}
         self.shown = 0
 
-    def notice(self, kind: str, message: str) -> bool:
-        """Log `message` for a wait of `kind`; True when it went out at INFO."""
+    def notice(self, kind: str, message: str, *, waited: float | None = None) -> bool:
+        """Log `message` for a wait of `kind` that will have lasted `waited` seconds by the
+        end of the coming sleep (None: long enough by nature, e.g. a paused queue); True
+        when it went out at INFO."""
+        if waited is not None and waited < self.after:
+            logger.debug("%s", message)
+            return False
         now = self.clock()
         last = self._last.get(kind)
         if last is not None and now - last < self.every:

@@ -398,7 +398,8 @@ class SamplingClient:
                         f"SamplingClient.sample: attempt {attempt + 1} failed "
                         f"({type(error).__name__}); submitting it again in {delay:.1f} s"
                         + (f", until no sample has finished for {retry.progress_timeout:.0f} s."
-                           if stuck_detection else ", with no time limit.")))
+                           if stuck_detection else ", with no time limit.")),
+                        waited=shell.runtime.clock() - started + delay)
                     attempt += 1
                     await shell.runtime.sleep(delay)
                     continue
@@ -423,7 +424,7 @@ class SamplingClient:
             shell.http.waits.notice("backpressure", (
                 f"SamplingClient.sample: the server is at capacity (HTTP 429) and holds new "
                 f"samples back; submitting again every {pause:.0f} s until it accepts, with no "
-                "time limit."))
+                "time limit."), waited=shell.runtime.clock() - start + pause)
             await shell.runtime.sleep(pause)
 
     async def _sample_once(self, request: SampleRequest) -> SampleResponse:

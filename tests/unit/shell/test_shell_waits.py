@@ -197,12 +197,13 @@ def test_retry_notices_say_what_and_how_long_at_a_bounded_rate(caplog):
             pytest.raises(InternalServerError):
         asyncio.run(c.send("POST", "optim_step", json={}))
     # the ten retries are announced at 0, 0.4, 1.3, 3.1, 6.6, 13.6, 22.3, 31.1, 39.8 and
-    # 48.6 s: INFO at 0 and at 31.1 (30 s later), DEBUG for the other eight
+    # 48.6 s; the first two waits end before 3 s (DEBUG), the third is the first INFO (at
+    # 1.3 s), the next INFO comes 30 s later (the ninth, at 39.8 s)
     shown = notices(caplog)
     assert len(shown) == 2 and len(notices(caplog, logging.DEBUG)) == 8
-    assert shown[0] == ("POST /api/v1/optim_step: HTTP 503; retrying in 0.4 s (retry 1 of 10 "
+    assert shown[0] == ("POST /api/v1/optim_step: HTTP 503; retrying in 1.8 s (retry 3 of 10 "
                         "for this request).")
-    assert "retry 8 of 10" in shown[1]
+    assert "retry 9 of 10" in shown[1]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -220,8 +221,21 @@ def test_holder_notices_name_the_remaining_budget(caplog):
         assert asyncio.run(with_holder_retries(
             call, runtime=fake.runtime, billing=BillingPause(), what="POST /api/v1/get_info",
             waits=WaitLog(fake.runtime.clock))) == "ok"
+    # the first wait (1 s) is short: DEBUG; the second ends 3 s after the start: INFO
     assert notices(caplog) == ["POST /api/v1/get_info failed (HTTP 503); trying it again in "
-                               "1 s, and for up to 300 s more before giving up."]
+                               "2 s, and for up to 299 s more before giving up."]
+
+
+def test_one_quick_retry_of_a_dropped_connection_stays_at_debug(caplog):
+    fake = FakeTime()
+    handler = Scripted(json_response(200, {}), httpx.RemoteProtocolError("server disconnected"),
+                       json_response(200, {"ok": True}))
+    c = core(handler, fake)
+    with caplog.at_level(logging.DEBUG, logger="tinkex_jax"):
+        asyncio.run(c.send("GET", "healthz"))
+        asyncio.run(c.send("GET", "healthz"))  # a stale keep-alive connection, retried once
+    assert len(fake.delays) == 1 and notices(caplog) == []
+    assert "the connection dropped (RemoteProtocolError)" in notices(caplog, logging.DEBUG)[0]
 
 
 def try_again(state: str = "active", reason: str | None = None) -> httpx.Response:
