@@ -4,7 +4,8 @@ Starts the local backend on 127.0.0.1, fine-tunes ``tinkex-jax/tiny`` (rank-8 Lo
 reverse short lowercase words (``"hello="`` → ``"olleh"``) with the SDK, and prints:
 
 * greedy samples before and after training, from the base model and the trained weights;
-* a progress bar with the loss;
+* what it is doing while it waits (starting the backend, compiling the sampler and the
+  training step) on a line that keeps ticking, then a progress bar with the loss;
 * the loss: a custom jit-compiled JAX loss (per-datum mean NLL of the completion) plus two
   regularizers on the completion's logprobs (L2 and an entropy bonus), whose tracked
   contributions and gradient norms come back from ``forward_backward_custom``;
@@ -12,22 +13,30 @@ reverse short lowercase words (``"hello="`` → ``"olleh"``) with the SDK, and p
 * a loss-curve PNG.
 
 Everything here uses the public SDK, exactly as against the hosted service (only
-``base_url`` differs).
+``base_url`` differs). `DemoConfig.quick` is the short variant (``tinkex demo --quick``):
+fewer steps and held-out words, for a first taste in under a minute on a small CPU.
 
 Example:
     >>> config = DemoConfig(seed=3, steps=10)
     >>> config.batch_size, config.rank
     (32, 8)
+    >>> DemoConfig.quick().steps < DemoConfig().steps
+    True
     >>> result = run_demo(config)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import itertools
+import logging
 import shutil
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -73,6 +82,18 @@ class DemoConfig:
     max_length: int = 8
     out_dir: Path = Path("tinkex-demo")
     data_dir: Path | None = None
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> DemoConfig:
+        """The short run of ``tinkex demo --quick``: 120 steps of 32 words of 3 to 7 letters
+        (one padded shape, so the training step compiles once) and 64 held-out words; every
+        other field as in the full run, unless overridden.
+
+        Example:
+            >>> DemoConfig.quick(seed=4).steps, DemoConfig.quick(steps=50).steps
+            (120, 50)
+        """
+        return dataclasses.replace(cls(steps=120, heldout=64, max_length=7), **overrides)
 
 
 @dataclass(frozen=True)
@@ -185,19 +206,72 @@ def plot_losses(losses: Sequence[float], contributions: dict[str, list[float]], 
     return path
 
 
+class _Ticker:
+    """A status line that keeps moving while the program waits on something it cannot
+    measure (a compile): on a terminal it is redrawn every `every_tty` seconds with the time
+    waited so far; elsewhere (a log, a test) one line is printed at the start and then one
+    every `every_log` seconds, so a long wait is never silent."""
+
+    def __init__(self, stream: TextIO, render: Callable[[float], str], *,
+                 every_tty: float = 0.5, every_log: float = 10.0) -> None:
+        self.stream, self.render = stream, render
+        self.tty = stream.isatty()
+        self.every = every_tty if self.tty else every_log
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.start = time.perf_counter()
+
+    def _draw(self) -> None:
+        line = self.render(time.perf_counter() - self.start)
+        with self.lock:
+            self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+            self.stream.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._draw()
+
+    def __enter__(self) -> _Ticker:
+        self.start = time.perf_counter()
+        self._draw()
+        self._thread = threading.Thread(target=self._run, name="tinkex-demo-ticker",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.tty:
+            with self.lock:
+                self.stream.write("\r\033[K")  # clear the line for what comes next
+                self.stream.flush()
+
+
 class _Progress:
-    """A one-line progress bar (a plain line every 10% when not on a terminal)."""
+    """A one-line progress bar (a plain line every 10% when not on a terminal); `waiting`
+    keeps it ticking while the first step compiles."""
 
     def __init__(self, total: int, stream: TextIO) -> None:
         self.total, self.stream, self.start = total, stream, time.perf_counter()
         self.tty = stream.isatty()
         self.last_decile = -1
 
-    def update(self, done: int, text: str) -> None:
+    def line(self, done: int, text: str) -> str:
         frac = done / self.total
         elapsed = time.perf_counter() - self.start
         bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-        line = f"  [{bar}] {done:4d}/{self.total} {text} {elapsed:5.1f}s"
+        return f"  [{bar}] {done:4d}/{self.total} {text} {elapsed:5.1f}s"
+
+    def waiting(self, text: str) -> _Ticker:
+        """A ticker drawing the bar at 0 with `text` (use as a context manager)."""
+        return _Ticker(self.stream, lambda _elapsed: self.line(0, text))
+
+    def update(self, done: int, text: str) -> None:
+        frac = done / self.total
+        line = self.line(done, text)
         if self.tty:
             self.stream.write("\r" + line + ("\n" if done == self.total else ""))
             self.stream.flush()
@@ -205,6 +279,30 @@ class _Progress:
             self.last_decile = int(frac * 10)
             self.stream.write(line + "\n")
             self.stream.flush()
+
+
+@contextlib.contextmanager
+def _phase(stream: TextIO, text: str) -> Iterator[None]:
+    """Say `text` with a ticking elapsed time while the block runs, then how long it took."""
+    ticker = _Ticker(stream, lambda elapsed: f"  {text} ... {elapsed:.0f}s")
+    with ticker:
+        yield
+    seconds = time.perf_counter() - ticker.start
+    stream.write(f"  {text}: done in {seconds:.1f}s\n")
+    stream.flush()
+
+
+@contextlib.contextmanager
+def _quiet_sdk_waits() -> Iterator[None]:
+    """The demo says itself what it waits for; keep the SDK's wait notices (INFO on the
+    ``tinkex_jax.wait`` logger) out of its output while it runs."""
+    waits = logging.getLogger("tinkex_jax.wait")
+    level = waits.level
+    waits.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        waits.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -226,6 +324,7 @@ def _greedy(sampler: SamplingClient, words: Sequence[str], max_length: int, seed
 
 def run_demo(config: DemoConfig = DemoConfig(), *, stream: TextIO = sys.stdout) -> DemoResult:
     """Run the demo end to end (see the module docstring); returns what it measured."""
+    started = time.perf_counter()
     import jax.numpy as jnp
     import optax
 
@@ -241,7 +340,6 @@ def run_demo(config: DemoConfig = DemoConfig(), *, stream: TextIO = sys.stdout) 
         stream.write(text + "\n")
         stream.flush()
 
-    started = time.perf_counter()
     heldout, draw = split_words(config.seed, config.heldout, config.min_length,
                                 config.max_length)
     rng = np.random.default_rng([config.seed, 2])
@@ -264,13 +362,19 @@ def run_demo(config: DemoConfig = DemoConfig(), *, stream: TextIO = sys.stdout) 
     say(f"  loss: jit-compiled mean NLL + {config.l2_weight} * L2 + {config.entropy_weight} * "
         f"entropy bonus (on the completion's logprobs)")
     try:
-        with serve(base_models=[BASE_MODEL], data_dir=data_dir) as server, \
-                ServiceClient(base_url=server.base_url, api_key=server.api_key,
-                              telemetry=False) as service:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_quiet_sdk_waits())
+            with _phase(stream, "starting the local backend (loads the model)"):
+                server = stack.enter_context(serve(base_models=[BASE_MODEL],
+                                                   data_dir=data_dir))
+            service = stack.enter_context(ServiceClient(
+                base_url=server.base_url, api_key=server.api_key, telemetry=False))
             say(f"  local backend: {server.base_url}")
-            base = service.create_sampling_client(base_model=BASE_MODEL).result()
             show = heldout[:4]
-            before_all = _greedy(base, heldout, config.max_length, config.seed)
+            with _phase(stream, f"sampling {len(heldout)} held-out words from the base model "
+                                "(the first call compiles the sampler)"):
+                base = service.create_sampling_client(base_model=BASE_MODEL).result()
+                before_all = _greedy(base, heldout, config.max_length, config.seed)
             accuracy_before = exact_match(heldout, before_all)
             say(f"  before training: held-out exact match {accuracy_before:.1%}")
 
@@ -283,10 +387,14 @@ def run_demo(config: DemoConfig = DemoConfig(), *, stream: TextIO = sys.stdout) 
             progress = _Progress(config.steps, stream)
             step_losses: list[float] = []
             contributions: dict[str, list[float]] = {"l2": [], "entropy": []}
-            for step in pipelined(
-                    tc, batches, depth=2,
-                    optimizer=lambda i: adam_params(i, schedule, beta2=0.95),
-                    submit=lambda _, batch: tc.forward_backward_custom(batch, objective)):
+            steps = pipelined(
+                tc, batches, depth=2,
+                optimizer=lambda i: adam_params(i, schedule, beta2=0.95),
+                submit=lambda _, batch: tc.forward_backward_custom(batch, objective))
+            # the first step compiles the loss, the forward and the backward pass: say so
+            with progress.waiting("compiling the training step (first step only)"):
+                first = next(steps, None)
+            for step in itertools.chain([] if first is None else [first], steps):
                 m = step.forward_backward.metrics
                 step_losses.append(m["loss:sum"])
                 for name in contributions:
@@ -300,8 +408,10 @@ def run_demo(config: DemoConfig = DemoConfig(), *, stream: TextIO = sys.stdout) 
             say(f"  base loss {m['loss/base:sum']:.5f} (grad norm "
                 f"{m['loss/base/grad_norm:mean']:.4f}); total {m['loss:sum']:.5f}")
 
-            trained = tc.save_weights_and_get_sampling_client("demo-final").result()
-            after_all = _greedy(trained, heldout, config.max_length, config.seed)
+            with _phase(stream, f"saving the weights and sampling the {len(heldout)} "
+                                "held-out words again"):
+                trained = tc.save_weights_and_get_sampling_client("demo-final").result()
+                after_all = _greedy(trained, heldout, config.max_length, config.seed)
             accuracy_after = exact_match(heldout, after_all)
             samples = [(f"{w}=", before_all[i].strip(), after_all[i].strip())
                        for i, w in enumerate(show)]
