@@ -15,7 +15,9 @@
 
 Every loss takes an explicit mask (``where=``), an explicit keyword-only ``reduction``
 (``"sum"``: the server's token sum; ``"mean"``; ``"none"``) and keyword-only
-hyperparameters. Implementation lives in private modules; import from ``losses`` only.
+hyperparameters. Implementation lives in private modules; import from ``losses`` only. A few
+array helpers the ``regularizers`` package shares are public too (:func:`align`,
+:func:`check_choice`, :func:`masked_log_softmax`, :func:`kl_per_token`).
 
 Names are loaded on first use: request validation (:func:`validate_loss_request`,
 :data:`LOSS_SPECS`, ...) and the NumPy padding helpers never import JAX, so an HTTP-only
@@ -24,154 +26,22 @@ client can use them and stay fast to import.
 
 from __future__ import annotations
 
+import ast
 import importlib
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from losses._batch import (
-        DEFAULT_BUCKET_POLICY,
-        BatchArray,
-        BucketPolicy,
-        LossBatch,
-        make_loss_batch,
-        pad_to_bucket,
-        unpad,
-    )
-    from losses._builtin import (
-        BUILTIN_LOSSES,
-        BuiltinLoss,
-        cispo,
-        cross_entropy,
-        dro,
-        gspo,
-        importance_sampling,
-        ppo,
-        stable_reinforce,
-    )
-    from losses._common import Reduction
-    from losses._kl import KLDirection, KLEstimator, kl_estimate
-    from losses._research import (
-        bradley_terry,
-        dpo,
-        kl_penalized_policy_gradient,
-        sequence_logprobs,
-        topk_distillation,
-    )
-    from losses._spec import (
-        DEFAULT_CLIP_HIGH_THRESHOLD,
-        DEFAULT_CLIP_LOW_THRESHOLD,
-        DEFAULT_DRO_BETA,
-        DEFAULT_SR_KL_COEFF,
-        DEFAULT_SR_RATIO_CAP,
-        DEFAULT_SR_SEQUENCE_RATIO_LIMIT,
-        LOSS_SPECS,
-        LossSpec,
-        check_loss_inputs,
-        loss_spec,
-        resolve_loss_config,
-        served_losses,
-        validate_loss_request,
-    )
 
-__all__ = [
-    "BUILTIN_LOSSES",
-    "BatchArray",
-    "BucketPolicy",
-    "BuiltinLoss",
-    "DEFAULT_BUCKET_POLICY",
-    "DEFAULT_CLIP_HIGH_THRESHOLD",
-    "DEFAULT_CLIP_LOW_THRESHOLD",
-    "DEFAULT_DRO_BETA",
-    "DEFAULT_SR_KL_COEFF",
-    "DEFAULT_SR_RATIO_CAP",
-    "DEFAULT_SR_SEQUENCE_RATIO_LIMIT",
-    "KLDirection",
-    "KLEstimator",
-    "LOSS_SPECS",
-    "LossBatch",
-    "LossSpec",
-    "Reduction",
-    "bradley_terry",
-    "check_loss_inputs",
-    "cispo",
-    "cross_entropy",
-    "dpo",
-    "dro",
-    "gspo",
-    "importance_sampling",
-    "kl_estimate",
-    "kl_penalized_policy_gradient",
-    "loss_spec",
-    "make_loss_batch",
-    "pad_to_bucket",
-    "ppo",
-    "resolve_loss_config",
-    "sequence_logprobs",
-    "served_losses",
-    "stable_reinforce",
-    "topk_distillation",
-    "unpad",
-    "validate_loss_request",
-]
+def _exports() -> dict[str, str]:
+    """Public name -> module, read from ``__init__.pyi`` (the one list of public names)."""
+    stub = ast.parse(Path(__file__).with_suffix(".pyi").read_text(encoding="utf-8"))
+    return {alias.asname or alias.name: node.module
+            for node in stub.body if isinstance(node, ast.ImportFrom) and node.module
+            for alias in node.names}
 
-_MODULE_OF: dict[str, str] = {
-    **dict.fromkeys(
-        [
-            "DEFAULT_BUCKET_POLICY",
-            "BatchArray",
-            "BucketPolicy",
-            "LossBatch",
-            "make_loss_batch",
-            "pad_to_bucket",
-            "unpad",
-        ],
-        "losses._batch",
-    ),
-    **dict.fromkeys(
-        [
-            "BUILTIN_LOSSES",
-            "BuiltinLoss",
-            "cispo",
-            "cross_entropy",
-            "dro",
-            "gspo",
-            "importance_sampling",
-            "ppo",
-            "stable_reinforce",
-        ],
-        "losses._builtin",
-    ),
-    "Reduction": "losses._common",
-    **dict.fromkeys(["KLDirection", "KLEstimator", "kl_estimate"], "losses._kl"),
-    **dict.fromkeys(
-        [
-            "bradley_terry",
-            "dpo",
-            "kl_penalized_policy_gradient",
-            "sequence_logprobs",
-            "topk_distillation",
-        ],
-        "losses._research",
-    ),
-    **dict.fromkeys(
-        [
-            "DEFAULT_CLIP_HIGH_THRESHOLD",
-            "DEFAULT_CLIP_LOW_THRESHOLD",
-            "DEFAULT_DRO_BETA",
-            "DEFAULT_SR_KL_COEFF",
-            "DEFAULT_SR_RATIO_CAP",
-            "DEFAULT_SR_SEQUENCE_RATIO_LIMIT",
-            "LOSS_SPECS",
-            "LossSpec",
-            "check_loss_inputs",
-            "loss_spec",
-            "resolve_loss_config",
-            "served_losses",
-            "validate_loss_request",
-        ],
-        "losses._spec",
-    ),
-}
+
+_MODULE_OF = _exports()
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:

@@ -44,7 +44,16 @@ REDUCTIONS: tuple[str, ...] = ("sum", "mean", "none")
 
 
 def check_choice(value: object, choices: tuple[str, ...], *, name: str, where: str) -> None:
-    """Raises a ``ValueError`` unless ``value`` is one of ``choices``."""
+    """Raises a ``ValueError`` unless ``value`` is one of ``choices``.
+
+    Example:
+      >>> from losses import check_choice
+      >>> check_choice("sum", ("sum", "mean"), name="reduction", where="my_loss")
+      >>> check_choice("max", ("sum", "mean"), name="reduction", where="my_loss")
+      Traceback (most recent call last):
+      ...
+      ValueError: my_loss: reduction must be one of 'sum', 'mean'; got 'max'.
+    """
     if not isinstance(value, str) or value not in choices:
         raise ValueError(
             f"{where}: {name} must be one of {', '.join(repr(c) for c in choices)}; "
@@ -80,6 +89,12 @@ def align(x: Array, shape: tuple[int, ...], *, name: str, like: str, where: str)
 
     Raises:
       ValueError: when the shapes are incompatible.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from losses import align
+      >>> align(jnp.ones((2, 3)), (2, 3, 4), name="mask", like="logprobs", where="demo").shape
+      (2, 3, 4)
     """
     xs = tuple(x.shape)
     if len(xs) > len(shape) or any(a not in (b, 1) for a, b in zip(xs, shape)):
@@ -129,7 +144,16 @@ def masked_mean(x: Array, mask: Array, axis: int | tuple[int, ...] | None = None
 
 
 def masked_log_softmax(x: Array, support: Array) -> Array:
-    """Log-softmax over the last axis restricted to ``support`` (0 outside it, never NaN)."""
+    """Log-softmax over the last axis restricted to ``support`` (0 outside it, never NaN).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from losses import masked_log_softmax
+      >>> out = masked_log_softmax(jnp.log(jnp.array([1.0, 3.0, 9.0])),
+      ...                          jnp.array([True, True, False]))
+      >>> [round(v, 4) for v in jnp.exp(out).tolist()]  # renormalised over the support
+      [0.25, 0.75, 1.0]
+    """
     safe = jnp.where(support, x, 0)
     any_support = jnp.any(support, axis=-1, keepdims=True)
     # Rows without support use a dummy full support so that nothing becomes inf/NaN.

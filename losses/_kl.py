@@ -41,7 +41,7 @@ from losses._common import (
     token_mask,
 )
 
-__all__ = ["KLDirection", "KLEstimator", "kl_estimate", "kl_estimate_core"]
+__all__ = ["KLDirection", "KLEstimator", "kl_estimate", "kl_per_token"]
 
 KLEstimator: TypeAlias = Literal["k1", "k2", "k3"]
 KLDirection: TypeAlias = Literal["reverse", "forward", "symmetric"]
@@ -67,8 +67,16 @@ def _forward(log_ratio: Array, estimator: str) -> Array:
     return 1.0 - w - w * log_ratio
 
 
-def kl_estimate_core(log_ratio: Array, *, estimator: str, direction: str) -> Array:
-    """Per-token KL estimate from ``log_ratio = log π_θ - log π_ref`` (no masking)."""
+def kl_per_token(log_ratio: Array, *, estimator: str, direction: str) -> Array:
+    """Per-token KL estimate from ``log_ratio = log π_θ - log π_ref`` (no masking, no
+    reduction): the building block of :func:`kl_estimate` and of the KL regularizers.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from losses import kl_per_token
+      >>> kl_per_token(jnp.array([0.0, 0.5]), estimator="k1", direction="reverse").tolist()
+      [0.0, 0.5]
+    """
     if direction == "reverse":
         return _reverse(log_ratio, estimator)
     if direction == "forward":
@@ -131,5 +139,5 @@ def kl_estimate(
         where=fn,
     )
     log_ratio = jnp.where(m, t - r, 0)
-    per = jnp.where(m, kl_estimate_core(log_ratio, estimator=estimator, direction=direction), 0)
+    per = jnp.where(m, kl_per_token(log_ratio, estimator=estimator, direction=direction), 0)
     return reduce_tokens(per, m, reduction)

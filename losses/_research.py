@@ -31,7 +31,7 @@ from losses._common import (
     reduce_tokens,
     token_mask,
 )
-from losses._kl import KLEstimator, kl_estimate_core
+from losses._kl import KLEstimator, kl_per_token
 
 __all__ = [
     "bradley_terry",
@@ -308,7 +308,7 @@ def kl_penalized_policy_gradient(
         pg = _clipped_objective(
             ratio, a, jnp.asarray(clip_low_threshold), jnp.asarray(clip_high_threshold)
         )
-    kl = kl_estimate_core(t - ref, estimator=estimator, direction="reverse")
+    kl = kl_per_token(t - ref, estimator=estimator, direction="reverse")
     per = jnp.where(m, pg + kl_coef * kl, 0)
     return reduce_tokens(per, m, reduction)
 

@@ -11,66 +11,43 @@
 
 Every term is per datum (each datum's real tokens reduced, then real datums), pure and
 jit-able; see :mod:`regularizers._base` for the conventions. Import from ``regularizers``
-only.
+only: the imports below are the public names, listed once (``__all__`` is derived from them).
 """
 
 from regularizers._base import (
-    DatumReduction,
-    Metrics,
-    Reference,
-    Regularizer,
-    StatefulRegularizer,
-    restrict,
+    DatumReduction as DatumReduction,
+    Metrics as Metrics,
+    Reference as Reference,
+    Regularizer as Regularizer,
+    StatefulRegularizer as StatefulRegularizer,
+    restrict as restrict,
 )
 from regularizers._compose import (
-    METRIC_REDUCTIONS,
-    ComposedLoss,
-    ComposedState,
-    CompositionReport,
-    TermReport,
-    TermSpec,
-    compose,
-    report_metrics,
-    validate_metric_key,
+    METRIC_REDUCTIONS as METRIC_REDUCTIONS,
+    ComposedLoss as ComposedLoss,
+    ComposedState as ComposedState,
+    CompositionReport as CompositionReport,
+    TermReport as TermReport,
+    TermSpec as TermSpec,
+    compose as compose,
+    report_metrics as report_metrics,
+    validate_metric_key as validate_metric_key,
 )
-from regularizers._stateful import AdaptiveKLState, EMABaselineState, adaptive_kl, ema_baseline
+from regularizers._stateful import (
+    AdaptiveKLState as AdaptiveKLState,
+    EMABaselineState as EMABaselineState,
+    adaptive_kl as adaptive_kl,
+    ema_baseline as ema_baseline,
+)
 from regularizers._terms import (
-    consistency,
-    elastic_net,
-    entropy,
-    gradient_penalty,
-    kl,
-    l1,
-    l2,
-    orthogonality,
+    consistency as consistency,
+    elastic_net as elastic_net,
+    entropy as entropy,
+    gradient_penalty as gradient_penalty,
+    kl as kl,
+    l1 as l1,
+    l2 as l2,
+    orthogonality as orthogonality,
 )
 
-__all__ = [
-    "AdaptiveKLState",
-    "ComposedLoss",
-    "ComposedState",
-    "CompositionReport",
-    "DatumReduction",
-    "EMABaselineState",
-    "METRIC_REDUCTIONS",
-    "Metrics",
-    "Reference",
-    "Regularizer",
-    "StatefulRegularizer",
-    "TermReport",
-    "TermSpec",
-    "adaptive_kl",
-    "compose",
-    "consistency",
-    "elastic_net",
-    "ema_baseline",
-    "entropy",
-    "gradient_penalty",
-    "kl",
-    "l1",
-    "l2",
-    "orthogonality",
-    "report_metrics",
-    "restrict",
-    "validate_metric_key",
-]
+__all__ = sorted(name for name in dir() if not name.startswith("_"))

@@ -26,8 +26,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 from jax.typing import ArrayLike
 
-from losses import LossBatch
-from losses._common import align, check_choice
+from losses import LossBatch, align, check_choice
 
 __all__ = [
     "DatumReduction",

@@ -12,8 +12,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import Array, lax
 
-from losses import LossBatch
-from losses._kl import KLDirection, KLEstimator
+from losses import KLDirection, KLEstimator, LossBatch
 from regularizers._base import (
     DatumReduction,
     Metrics,

@@ -16,9 +16,14 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-from losses import LossBatch
-from losses._common import check_choice, masked_log_softmax
-from losses._kl import KLDirection, KLEstimator, kl_estimate_core
+from losses import (
+    KLDirection,
+    KLEstimator,
+    LossBatch,
+    check_choice,
+    kl_per_token,
+    masked_log_softmax,
+)
 from regularizers._base import (
     DatumReduction,
     Metrics,
@@ -387,7 +392,7 @@ def _kl_per_token(
         log_p = masked_log_softmax(jnp.where(tmask, b, 0), tmask)
         return _topk_kl(log_q, log_p, tmask, direction), jnp.any(tmask, axis=-1)
     log_ratio = jnp.where(tmask, a - b, 0)
-    values = kl_estimate_core(log_ratio, estimator=estimator or "k3", direction=direction)
+    values = kl_per_token(log_ratio, estimator=estimator or "k3", direction=direction)
     return values, tmask
 
 

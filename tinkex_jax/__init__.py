@@ -19,8 +19,7 @@ for code you do not control, ``tinkex_jax.install_as_tinker()`` makes ``import t
 resolve to tinkex_jax in the whole process (docs/porting.md).
 """
 
-from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
+from typing import TYPE_CHECKING as _TYPE_CHECKING, Any as _Any
 
 from . import _modules
 from .errors import (
@@ -49,12 +48,16 @@ if _TYPE_CHECKING:
 
     from . import auth, lib, types
     from ._as_tinker import TinkerAlias, install_as_tinker, uninstall_as_tinker
-    from ._shell import PACKAGE_VERSION as __version__
-    from ._shell import Future
-    from ._shell import Future as APIFuture
-    from .clients import ClientFuture as BackcompatSamplingClientFuture
-    from .clients import ClientFuture as BackcompatTrainingClientFuture
-    from .clients import RestClient, RetryConfig, SamplingClient, ServiceClient, TrainingClient
+    from ._shell import PACKAGE_VERSION as __version__, Future, Future as APIFuture
+    from .clients import (
+        ClientFuture as BackcompatSamplingClientFuture,
+        ClientFuture as BackcompatTrainingClientFuture,
+        RestClient,
+        RetryConfig,
+        SamplingClient,
+        ServiceClient,
+        TrainingClient,
+    )
     from .clients._rest import AdminClient
     from .lib import ExperimentalWarning
     from .types import (

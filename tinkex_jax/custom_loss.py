@@ -51,8 +51,14 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from losses import DEFAULT_BUCKET_POLICY, BucketPolicy, LossBatch, make_loss_batch, pad_to_bucket
-from losses import unpad as unpad_batch
+from losses import (
+    DEFAULT_BUCKET_POLICY,
+    BucketPolicy,
+    LossBatch,
+    make_loss_batch,
+    pad_to_bucket,
+    unpad as unpad_batch,
+)
 from regularizers import ComposedLoss, ComposedState, TermSpec, compose, report_metrics
 
 from ._loss_signature import loss_kind

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from tinkex_jax.builders import group_advantages, group_datums, rl_datum, with_kl_penalty
 from tinkex_jax.errors import ValidationError

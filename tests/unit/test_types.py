@@ -7,8 +7,7 @@ import datetime as dt
 import msgspec
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.types import (

@@ -24,8 +24,7 @@ import msgspec
 import msgspec.inspect as mi
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 import tinkex_jax.types as T
 from tinkex_jax.errors import TinkerError

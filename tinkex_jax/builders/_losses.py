@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from losses._spec import (
+from losses import (  # the JAX-free table: losses loads it without importing JAX
     LOSS_SPECS,
     LossSpec,
     check_loss_inputs,

@@ -385,8 +385,7 @@ def byte_tokenizer(
         >>> tok.encode("A", add_special_tokens=False), tok.bos_token_id
         ([65], 256)
     """
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
     vocab = {ch: b for b, ch in bytes_to_unicode().items()}
     hf = HFTokenizer(models.BPE(vocab=vocab, merges=[]))
