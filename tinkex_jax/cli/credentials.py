@@ -46,7 +46,7 @@ _LOGIN_FIX = ("run `tinkex auth login` to store a key, or set TINKER_API_KEY (a 
 def credentials_file(env: Mapping[str, str] | None = None) -> Path | None:
     """Where the SDK looks for stored keys: ``<home>/.tinker/credentials.json`` (None when
     neither ``HOME`` nor ``USERPROFILE`` is set)."""
-    from .._shell._config import credentials_path
+    from .._shell import credentials_path
 
     return credentials_path(os.environ if env is None else env)
 
@@ -60,7 +60,7 @@ def resolve_base_url(base_url: str | None, env: Mapping[str, str] | None = None)
         >>> resolve_base_url("http://127.0.0.1:8000/", {})
         'http://127.0.0.1:8000'
     """
-    from .._shell._constants import DEFAULT_BASE_URL
+    from .._shell import DEFAULT_BASE_URL
 
     environ = os.environ if env is None else env
     given = base_url or (environ.get("TINKER_BASE_URL") or "").strip() or DEFAULT_BASE_URL
@@ -195,7 +195,7 @@ def _stored(path: Path | None, base_url: str) -> Credential:
 
 
 def _check_shape(found: Credential) -> Credential:
-    from .._shell._config import check_api_key
+    from .._shell import check_api_key
     from ..errors import TinkerError
 
     if found.key is None:
@@ -231,7 +231,7 @@ def find_credential(api_key: str | None, base_url: str | None,
     if found.origin != "none":
         return _check_shape(found)
     if _is_loopback(url):
-        from .._shell._config import LOCAL_API_KEY
+        from .._shell import LOCAL_API_KEY
 
         return Credential("local default", url, key=LOCAL_API_KEY)
     return Credential("none", url, path=found.path,

@@ -14,9 +14,16 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from .._shell import Future, Runtime, Shell, instrument_async, resolve_settings, whoami_from_jwt
-from .._shell._background import Telemetry
-from .._shell._runtime import REAL_RUNTIME
+from .._shell import (
+    REAL_RUNTIME,
+    Future,
+    Runtime,
+    Shell,
+    Telemetry,
+    instrument_async,
+    resolve_settings,
+    whoami_from_jwt,
+)
 from ..builders import parse_tinker_path
 from ..errors import APIResponseValidationError, TinkerError, invalid
 from ..types import (

@@ -26,12 +26,14 @@ from .._shell import (
     Future,
     QueueStateLogger,
     Shell,
+    Telemetry,
     instrument_async,
+    is_retryable_error,
     resolve_settings,
+    sample_retry_delay,
     shadow_shell,
+    with_holder_retries,
 )
-from .._shell._background import Telemetry
-from .._shell._retry import is_retryable_error, sample_retry_delay, with_holder_retries
 from ..builders import CLONE_SEQ_BLOCK, estimate_sample_bytes, sampling_seq_id
 from ..errors import (
     APIConnectionError,
@@ -61,7 +63,7 @@ from ..wire import decode_sample_response, to_builtins
 from ._client_future import ClientFuture
 
 if TYPE_CHECKING:
-    from .._shell._polling import QueueObserver
+    from .._shell import QueueObserver
 
 __all__ = ["RetryConfig", "SamplingClient", "create_sampling_client"]
 

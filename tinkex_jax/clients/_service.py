@@ -16,11 +16,18 @@ from typing import Any
 
 import httpx
 
-from .._shell import Future, Runtime, Shell, as_sdk_method, instrument_async, resolve_settings
-from .._shell._background import Telemetry
-from .._shell._errors import redact
-from .._shell._runtime import REAL_RUNTIME
-from .._shell._shell import FinishStatus
+from .._shell import (
+    REAL_RUNTIME,
+    FinishStatus,
+    Future,
+    Runtime,
+    Shell,
+    Telemetry,
+    as_sdk_method,
+    instrument_async,
+    redact,
+    resolve_settings,
+)
 from ..builders import seq_id_of, training_model_id
 from ..errors import BadRequestError, TinkerError, UnprocessableEntityError
 from ..types import (

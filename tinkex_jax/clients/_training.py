@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
-from .._shell import Future, QueueStateLogger, Shell, TurnSequencer, instrument_async
-from .._shell._background import Telemetry
+from .._shell import Future, QueueStateLogger, Shell, Telemetry, TurnSequencer, instrument_async
 from ..builders import (
     LOSS_SPECS,
     RequestCounter,
@@ -71,7 +70,7 @@ from ._sampling import (
 )
 
 if TYPE_CHECKING:
-    from .._shell._polling import QueueObserver
+    from .._shell import QueueObserver
 
 __all__ = ["TrainingClient"]
 
