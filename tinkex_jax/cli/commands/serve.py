@@ -27,7 +27,7 @@ __all__ = ["COMMAND", "cmd_serve", "configure_serve"]
 
 def configure_serve(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tinkex serve``."""
-    from ...local._config import DEFAULT_BASE_MODELS, LOCALHOST
+    from ...local import DEFAULT_BASE_MODELS, LOCALHOST
 
     parser.add_argument("--host", default=LOCALHOST,
                         help="interface to bind (default %(default)s; use 0.0.0.0 only if you "
