@@ -15,6 +15,7 @@ from local_support import RawClient
 import tinkex_jax as tinker
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.local import LocalServer, ServerConfig, serve
+from tinkex_jax.wire import decode_sample_response
 
 PROMPT = {"chunks": [{"type": "encoded_text", "tokens": [3, 4]}]}
 
@@ -51,10 +52,10 @@ def test_a_full_server_answers_429_with_the_backpressure_header(
     assert refused.json()["code"] == "sampling_backpressure"
     assert "max_pending_samples" in refused.json()["detail"]
     fake_backend.gate.set()
-    assert isinstance(raw.result(first.json()["request_id"]), bytes)
+    assert len(decode_sample_response(raw.result(first.json()["request_id"])).sequences) == 1
     again = asample(raw, 2)  # the refused seq_id was not recorded: it is accepted now
     assert again.status_code == 200 and again.json()["request_id"] != first.json()["request_id"]
-    assert isinstance(raw.result(again.json()["request_id"]), bytes)
+    assert len(decode_sample_response(raw.result(again.json()["request_id"])).sequences) == 1
     engine = busy_server.engine
     assert engine.sampling.pending == 0 and engine.sampling.backpressure_answers == 1
 

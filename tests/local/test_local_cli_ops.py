@@ -3,6 +3,7 @@ backend (tiny preset) over 127.0.0.1, compared with what the RestClient reports.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -187,7 +188,8 @@ def test_publish_unpublish_and_ttl_change_what_info_reports(
     assert "--ttl 60 is too short" in err and "3600" in err and "ttl_seconds" not in err
     assert world.cli_json(capsys, "checkpoint", "set-ttl", path, "--ttl", "7200")["expires_at"]
     expires = _info(world, capsys, path)["expires_at"]
-    assert expires is not None
+    ahead = dt.datetime.fromisoformat(expires.replace("Z", "+00:00")) - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(seconds=7100) < ahead <= dt.timedelta(seconds=7200)
     listed = world.rest.list_checkpoints(world.run_id).result().checkpoints
     assert builtins(next(c for c in listed if c.tinker_path == path))["expires_at"] == expires
     assert world.cli_json(capsys, "checkpoint", "set-ttl", path, "--remove")["expires_at"] is None

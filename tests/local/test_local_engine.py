@@ -15,6 +15,7 @@ from local_fake_backend import FAKE, FakeBackend
 from local_support import RawClient, datum
 
 from tinkex_jax.local import serve
+from tinkex_jax.wire import decode_forward_backward_output
 
 
 def test_health_config_and_auth(fake_server):
@@ -139,12 +140,13 @@ def test_long_poll_answers_try_again_and_heartbeats_stay_responsive(raw, fake_ba
     start = time.monotonic()
     pending = raw.retrieve(rid).json()
     assert pending == {"type": "try_again", "request_id": rid, "queue_state": "active"}
-    assert 0.15 < time.monotonic() - start < 3.0
-    start = time.monotonic()
+    assert time.monotonic() - start >= 0.15  # the server held the poll before try_again
+    # the compute is still held at the gate, yet the server answers: the loop is not blocked
+    assert not fake_backend.gate.is_set()
     raw.ok("session_heartbeat", {"session_id": sid, "type": "session_heartbeat"})
-    assert time.monotonic() - start < 1.0  # the event loop is not blocked by compute
     threading.Timer(0.05, fake_backend.gate.set).start()
-    assert isinstance(raw.result(rid), bytes)
+    result = decode_forward_backward_output(raw.result(rid))
+    assert len(result.loss_fn_outputs) == 1 and "loss:sum" in result.metrics
 
 
 def test_failed_validation_changes_nothing(raw, fake_backend):

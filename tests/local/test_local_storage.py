@@ -96,7 +96,7 @@ def test_ttl_hides_then_reaps(tmp_path: Path) -> None:
     row = add_checkpoint(st, "short", ttl=3600)
     add_checkpoint(st, "forever")
     clock.now += 3599
-    assert st.get_checkpoint("s:train:0", "weights/short") is not None
+    assert st.get_checkpoint("s:train:0", "weights/short").name == "short"  # type: ignore[union-attr]
     clock.now += 2
     assert st.get_checkpoint("s:train:0", "weights/short") is None
     assert [c.name for c in st.list_checkpoints("s:train:0")] == ["forever"]

@@ -252,8 +252,11 @@ def test_sampling_through_a_real_socket_has_no_mock(fake):
         sc = service.create_sampling_client(base_model="m").result(timeout=10)
         assert len(sc.sample(PROMPT, 3, PARAMS).result(timeout=10).sequences) == 3
         service.close().result(timeout=10)
-    assert fake.calls_to("asample")[0].headers["x-api-key"] == "tml-local"
-    assert isinstance(httpx.URL(base_url), httpx.URL)
+    asample = fake.calls_to("asample")[0]
+    assert asample.headers["x-api-key"] == "tml-local"
+    # it crossed a real socket: the Host header names the 127.0.0.1 port the fake listens on
+    assert asample.headers["host"] == httpx.URL(base_url).netloc.decode() and (
+        httpx.URL(base_url).host == "127.0.0.1")
 
 
 def test_cancelling_a_sample_sends_cancel_future_when_enabled():

@@ -212,7 +212,7 @@ def test_failed_submit_releases_the_turn_and_does_not_poison(fake, tc):
     opt = tc.optim_step(tinker.AdamParams())
     with pytest.raises(tinker.BadRequestError):
         fb.result(timeout=5)
-    assert opt.result(timeout=5) is not None
+    assert opt.result(timeout=5).metrics == {"seq:max": 2.0}  # the fake echoes the seq_id
     assert fake.calls_to("optim_step")[0].json["seq_id"] == 2
 
 
