@@ -2,8 +2,8 @@
 check them, and move them into place only when all arrived.
 
 For: the download itself (a temporary export when the checkpoint is not in Hugging Face
-format, the file fetches with their size and checksum checks, safe extraction of archives,
-the atomic install) and the integrity checks it applies. Not for: parsing arguments or
+format, the file fetches with their size and checksum checks, safe extraction of archives
+within `ExtractionLimits`, the atomic install) and the integrity checks it applies. Not for: parsing arguments or
 printing results (`tinkex_jax.cli.commands.checkpoint`), or deciding whether a name is safe
 (`tinkex_jax.cli.archive`). A failure never leaves a partial file or a half-replaced target.
 
@@ -30,7 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .archive import checked_target, is_archive, safe_extract_tar
+from .archive import (
+    ArchiveLimitError,
+    ExtractionLimits,
+    checked_target,
+    is_archive,
+    safe_extract_tar,
+)
 from .arguments import parse_checkpoint_path
 from .errors import CLIError, one_line
 from .output import Progress
@@ -45,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXPORT_TTL_SECONDS",
     "Download",
+    "ExtractionLimits",
     "check_download",
     "download_checkpoint",
     "download_dir_name",
@@ -148,7 +155,14 @@ def check_download(label: str, expected_size: int | None, size: int,
 
 @dataclass(frozen=True)
 class Download:
-    """What ``checkpoint download`` produced."""
+    """What ``checkpoint download`` produced.
+
+    Attributes:
+        tinker_path: The checkpoint downloaded.
+        destination: The directory holding its files.
+        files: The files, relative to `destination`, sorted.
+        size_bytes: What the files take on disk (archives counted as extracted).
+    """
 
     tinker_path: str
     destination: Path
@@ -162,8 +176,12 @@ def _content_length(headers: Mapping[str, str]) -> int | None:
 
 
 def fetch_file(http: httpx.Client, url: str, dest: Path, *, label: str,
-               progress: Progress | None = None, runtime: Runtime | None = None) -> int:
+               progress: Progress | None = None, runtime: Runtime | None = None,
+               max_bytes: int | None = None) -> int:
     """Stream `url` into the new file `dest`, checking size and any announced checksum.
+
+    With `max_bytes`, a file announced or streamed larger than that is refused
+    (`ArchiveLimitError`) before, or as soon as, it passes the limit.
 
     The GET goes through the SDK's file download (`tinkex_jax._shell.get_file`): what its
     base retry policy retries (no answer, a connection dropped mid-file, 408 / 429 / 5xx) is
@@ -190,6 +208,8 @@ def fetch_file(http: httpx.Client, url: str, dest: Path, *, label: str,
                                f"{response.status_code}. Fix: run the command again (download "
                                "URLs expire).")
             expected_size = _content_length(response.headers)
+            if max_bytes is not None and expected_size is not None and expected_size > max_bytes:
+                raise _too_big(label, max_bytes)
             digests = expected_digests(response.headers)
             hashers = {name: hashlib.new(name) for name in digests}
             done = 0
@@ -197,6 +217,8 @@ def fetch_file(http: httpx.Client, url: str, dest: Path, *, label: str,
             def on_chunk(chunk: bytes) -> None:
                 nonlocal done
                 done += len(chunk)
+                if max_bytes is not None and done > max_bytes:
+                    raise _too_big(label, max_bytes)
                 for h in hashers.values():
                     h.update(chunk)
                 shown.update(label, done, expected_size)
@@ -220,29 +242,50 @@ def fetch_file(http: httpx.Client, url: str, dest: Path, *, label: str,
                        "Fix: check your connection and run the command again.") from exc
 
 
+def _too_big(label: str, max_bytes: int) -> ArchiveLimitError:
+    return ArchiveLimitError(
+        f"{label}: the download would take more than {max_bytes} bytes, the rest of the "
+        "limit on its size. Fix: if that is expected, raise the limit (tinkex checkpoint "
+        "download --max-size, or limits=ExtractionLimits(max_bytes=...)).")
+
+
+def _disk_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
 def fetch_all(http: httpx.Client, urls: Mapping[str, str], staging: Path,
-              progress: Progress, *, runtime: Runtime | None = None) -> tuple[list[str], int]:
+              progress: Progress, *, runtime: Runtime | None = None,
+              limits: ExtractionLimits | None = None) -> tuple[list[str], int]:
     """Fetch every ``relative name -> URL`` into `staging` (`fetch_file`); extract archives
-    safely.
+    safely. `limits` bounds everything written together (downloads and what archives
+    extract: bytes and members; each archive's ratio); default `ExtractionLimits()`.
 
     Returns:
-        The files now in `staging` (relative, sorted) and the bytes fetched.
+        The files now in `staging` (relative, sorted) and the bytes they take (archives
+        counted as extracted, not as downloaded).
     """
     if not urls:
         raise CLIError("the server listed no files to download. Fix: check the checkpoint "
                        "with `tinkex checkpoint info`.")
+    limits = limits if limits is not None else ExtractionLimits()
     root = staging.resolve()
-    total = 0
+    total = members = 0
     for name, url in sorted(urls.items()):
         dest = checked_target(root, name)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        total += fetch_file(http, url, dest, label=name, progress=progress, runtime=runtime)
+        size = fetch_file(http, url, dest, label=name, progress=progress, runtime=runtime,
+                          max_bytes=limits.max_bytes - total)
         if is_archive(name):
-            safe_extract_tar(dest, dest.parent)
+            extracted = safe_extract_tar(dest, dest.parent, limits.replace(
+                max_bytes=limits.max_bytes - total, max_files=limits.max_files - members))
+            members += len(extracted)
             dest.unlink()
+            total = _disk_bytes(root)
+        else:
+            total += size
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
                    if p.is_file() or p.is_symlink())
-    return files, total
+    return files, _disk_bytes(root)
 
 
 # ----------------------------------------------------------------------------- the download
@@ -293,14 +336,18 @@ def _exported(service: ServiceClient, rest: RestClient, tinker_path: str,
 def download_checkpoint(service: ServiceClient, tinker_path: str, output_dir: Path, *,
                         force: bool = False, show_progress: bool = False,
                         http: httpx.Client | None = None,
-                        runtime: Runtime | None = None) -> Download:
+                        runtime: Runtime | None = None,
+                        limits: ExtractionLimits | None = None) -> Download:
     """Download a checkpoint's files into ``output_dir/<run>_<kind>_<name>``.
 
     The files are fetched into a hidden staging directory under `output_dir`, checked, and
-    moved into place only when all arrived; on any failure (including Ctrl-C) the staging
-    directory is removed and an existing target is left untouched. `http` defaults to the
-    SDK's download client (`tinkex_jax._shell.build_download_client`: the network options of
-    the SDK's own client, no Tinker credential); `runtime` paces retries.
+    moved into place only when all arrived; on any failure (including Ctrl-C, a refused
+    archive or a download past `limits`) the staging directory is removed and an existing
+    target is left untouched. `http` defaults to the SDK's download client
+    (`tinkex_jax._shell.build_download_client`: the network options of the SDK's own client,
+    no Tinker credential); `runtime` paces retries; `limits` bounds what is written
+    (default `ExtractionLimits()`). The returned ``size_bytes`` is what the files take on
+    disk.
 
     Example:
         >>> download_checkpoint(service, "tinker://run/weights/final", Path("."))  # doctest: +SKIP
@@ -321,7 +368,8 @@ def download_checkpoint(service: ServiceClient, tinker_path: str, output_dir: Pa
         client = http or build_download_client()
         try:
             files, size = fetch_all(client, urls, staging,
-                                    Progress(sys.stderr, show_progress), runtime=runtime)
+                                    Progress(sys.stderr, show_progress), runtime=runtime,
+                                    limits=limits)
             _install(staging, target, force)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..archive import ExtractionLimits, parse_size
 from ..arguments import add_connection_options, non_negative, parse_checkpoint_path, positive
 from ..command import Command
 from ..connection import collect_pages, connect
@@ -387,7 +388,34 @@ def configure_checkpoint_download(parser: argparse.ArgumentParser) -> None:
                         help="parent directory of the download (default: the current one)")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing download (only once the new one is complete)")
+    defaults = ExtractionLimits()
+    parser.add_argument("--max-size", type=_size, default=defaults.max_bytes, metavar="SIZE",
+                        help="refuse a download whose files (archives extracted) would take "
+                             "more than this, e.g. 500M or 100G (default 64G)")
+    parser.add_argument("--max-files", type=positive, default=defaults.max_files,
+                        metavar="N", help="refuse archives with more members than this "
+                                          "(default %(default)s)")
+    parser.add_argument("--max-ratio", type=_ratio, default=defaults.max_ratio, metavar="R",
+                        help="refuse archives that expand more than R times, as archive "
+                             "bombs do (default %(default)g)")
     add_connection_options(parser)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a ratio >= 1 (e.g. 100)")
+    return value
 
 
 @guarded
@@ -399,7 +427,10 @@ def cmd_checkpoint_download(args: argparse.Namespace) -> int:
         with not_found(f"checkpoint {args.tinker_path}", "`tinkex checkpoint list` shows "
                        "your checkpoints."):
             result = download_checkpoint(service, args.tinker_path, args.output,
-                                         force=args.force,
+                                         force=args.force, limits=ExtractionLimits(
+                                             max_bytes=args.max_size,
+                                             max_files=args.max_files,
+                                             max_ratio=args.max_ratio),
                                          show_progress=sys.stderr.isatty() and not args.json)
     if args.json:
         print_json({"tinker_path": result.tinker_path,
