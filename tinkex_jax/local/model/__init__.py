@@ -9,6 +9,10 @@
 * `Sampler` (``sampler``): fused KV-cache decoding with fixed shapes.
 * `load_hf_directory`, `save_hf_directory` (``hf``); `load_preset`, `resolve_base_model`
   (``presets``); `build_byte_tokenizer` (``tokenizer``).
+* `RunOptions` (``options``): precision defaults, remat, attention, logits chunking,
+  micro-batching, sampler weights and the device mesh of a `Model`.
+* `make_mesh`, `shard_params`, `shard_lora`, ... (``sharding``): ``("fsdp", "tp")`` meshes and
+  the shardings of weights, adapters, optimizer state and batches.
 
 Example:
     >>> from tinkex_jax.local.model import LoraSpec, Sampler, init_lora, load_preset
@@ -39,6 +43,7 @@ from .lora import (
     merge_for_decoding,
     merge_lora,
 )
+from .options import RunOptions
 from .presets import PRESET_CONFIGS, load_preset, preset_names, resolve_base_model
 from .runtime import (
     ADAM_DEFAULTS,
@@ -55,12 +60,14 @@ from .runtime import (
     forward_backward,
     init_optimizer,
     make_batch,
+    micro_batches,
     optim_step,
     optimizer_state_from_arrays,
     optimizer_state_to_arrays,
     split_outputs,
 )
 from .sampler import SampledSequence, Sampler, SampleResult, StopReason, find_stop_string
+from .sharding import make_mesh, parse_mesh, shard_batch, shard_lora, shard_params
 from .tokenizer import (
     BOS_ID,
     BYTE_VOCAB_SIZE,
@@ -92,6 +99,7 @@ __all__ = [
     "PRESET_CONFIGS",
     "Params",
     "PerTokenLoss",
+    "RunOptions",
     "SampleResult",
     "SampledSequence",
     "Sampler",
@@ -113,17 +121,23 @@ __all__ = [
     "lora_num_params",
     "lora_to_arrays",
     "make_batch",
+    "make_mesh",
     "merge_for_decoding",
     "merge_lora",
+    "micro_batches",
     "optim_step",
     "optimizer_state_from_arrays",
     "optimizer_state_to_arrays",
     "params_from_hf",
     "params_to_hf",
+    "parse_mesh",
     "preset_names",
     "resolve_base_model",
     "save_hf_directory",
     "save_tokenizer",
+    "shard_batch",
+    "shard_lora",
+    "shard_params",
     "split_outputs",
     "target_logprobs",
 ]

@@ -15,10 +15,16 @@ Base parameter layout (``L`` layers, ``d`` model width, ``q = n_heads * head``,
      "unembed": [d, V]}                                       # only when not tie_embeddings
 
 Layers are stacked on a leading axis and run with ``lax.scan`` for training (one compiled
-block, fast compiles). Decoding uses per-layer weights (`DecodeWeights`) and per-layer KV
-caches updated in place, which avoids copying stacked weights and caches on every step.
+block, fast compiles), optionally rematerialised per layer. Decoding uses per-layer KV caches
+updated in place and reads weights either from a merged per-layer copy (`DecodeWeights`) or
+straight from the shared stacked base with the adapter applied on the fly (`SharedWeights`).
 Activations stay 2-D (``[B*T, d]``) around every projection: XLA:CPU emits transposes for the
 weight gradients of ``[B, T, d] @ W`` that cost more than the matmuls at these sizes.
+
+Precision: activations run in the base's dtype (float32, or bfloat16 for a bfloat16 base);
+float32 adapter weights are cast to it inside each projection (their gradients stay float32);
+norms, softmax statistics, attention scores and logits are computed in float32. The
+`RunOptions` of a model choose remat, the attention implementation and the logits chunk size.
 
 Example:
     >>> import jax.numpy as jnp
@@ -33,7 +39,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import jax
@@ -41,23 +48,32 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import ModelConfig
+from .options import RunOptions, attention_block, remat_policy, resolve_attention
 
 __all__ = [
     "ATTN_WEIGHTS",
     "MLP_WEIGHTS",
+    "DecodeSource",
     "DecodeWeights",
     "KVCache",
     "Params",
+    "SharedWeights",
     "block_inputs",
+    "causal_attention",
+    "decode_logits",
     "decode_step",
     "final_hidden",
+    "hidden_logprobs",
     "init_params",
     "logits",
+    "logits_chunk_rows",
+    "map_row_chunks",
     "prefill",
     "rms_norm",
     "rope_inv_freq",
     "target_logprobs",
     "unembed_matrix",
+    "unstack_layers",
 ]
 
 Params = dict[str, Any]
@@ -70,6 +86,8 @@ MLP_WEIGHTS = ("w_gate", "w_up", "w_down")
 """MLP projections (``train_mlp`` puts LoRA adapters on these)."""
 
 _NEG = -1e30  # masked attention score; finite so a fully masked row cannot produce NaN
+
+_DEFAULT_OPTIONS = RunOptions()
 
 
 class DecodeWeights(TypedDict):
@@ -235,10 +253,15 @@ def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 def _proj(x: jax.Array, w: jax.Array, adapter: Mapping[str, jax.Array] | None,
           scale: float) -> jax.Array:
-    """``x @ w`` plus an optional LoRA term ``scale * (x @ a) @ b``; ``x`` is 2-D."""
-    y = x @ w
+    """``x @ w`` plus an optional LoRA term ``scale * (x @ a) @ b``; ``x`` is 2-D.
+
+    Everything runs in ``x``'s dtype (the compute dtype: the base's); float32 adapter
+    weights are cast to it, so their gradients come back in float32.
+    """
+    y = x @ w.astype(x.dtype)
     if adapter is not None:
-        y = y + ((x @ adapter["a"]) @ adapter["b"]) * scale
+        a, b = adapter["a"].astype(x.dtype), adapter["b"].astype(x.dtype)
+        y = y + ((x @ a) @ b) * scale
     return y
 
 
@@ -281,9 +304,9 @@ def block_inputs(x: jax.Array, lw: Mapping[str, jax.Array], lora: Mapping[str, A
     return _apply_rope(q, cos, sin), _apply_rope(k, cos, sin), v
 
 
-def _causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                      config: ModelConfig) -> jax.Array:
-    """Causal GQA over full sequences; returns ``[B*T, H*head]``."""
+def _dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                     config: ModelConfig) -> jax.Array:
+    """Causal GQA over full sequences with one ``[B, KV, G, T, T]`` score tensor."""
     c = config
     B, T = q.shape[0], q.shape[1]
     q = q.reshape(B, T, c.n_kv_heads, c.group_size, c.head_size)
@@ -296,16 +319,105 @@ def _causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     return o.transpose(0, 3, 1, 2, 4).reshape(B * T, c.q_dim)
 
 
+def _chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, config: ModelConfig,
+                       block: int) -> jax.Array:
+    """Causal GQA computed for `block` query rows at a time.
+
+    Each block sees every key (exact softmax, no running statistics) and is wrapped in
+    ``jax.checkpoint``, so neither the forward nor the backward pass holds more than one
+    ``[B, KV, G, block, T]`` score tensor.
+    """
+    c = config
+    B, T = q.shape[0], q.shape[1]
+    n = T // block
+    qb = q.reshape(B, n, block, c.n_kv_heads, c.group_size, c.head_size)
+    qb = jnp.moveaxis(qb, 1, 0)  # [n, B, block, KV, G, h]
+    key_pos = jnp.arange(T)
+
+    @jax.checkpoint
+    def one(args: tuple[jax.Array, jax.Array]) -> jax.Array:
+        qi, i = args
+        s = jnp.einsum("bckgh,bskh->bkgcs", qi, k, preferred_element_type=jnp.float32)
+        s = s * (c.head_size**-0.5)
+        query_pos = i * block + jnp.arange(block)
+        s = jnp.where(query_pos[:, None] >= key_pos[None, :], s, _NEG)
+        p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+        return jnp.einsum("bkgcs,bskh->bckgh", p, v)  # [B, block, KV, G, h]
+
+    o = jax.lax.map(one, (qb, jnp.arange(n)))  # [n, B, block, KV, G, h]
+    return jnp.moveaxis(o, 0, 1).reshape(B * T, c.q_dim)
+
+
+def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                     config: ModelConfig) -> jax.Array | None:
+    """cuDNN fused attention, or None when cuDNN refuses (shapes, dtype, version)."""
+    try:
+        o = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+    except Exception:  # raised at trace time when cuDNN cannot run these shapes
+        return None
+    B, T = q.shape[0], q.shape[1]
+    return o.reshape(B * T, config.q_dim)
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, config: ModelConfig,
+                     impl: str = "dense") -> jax.Array:
+    """Causal grouped-query attention over full sequences; returns ``[B*T, H*head]``.
+
+    Args:
+        q: ``[B, T, H, head]`` queries (after rotary).
+        k, v: ``[B, T, KV, head]`` keys (after rotary) and values.
+        config: The model shape.
+        impl: ``"dense"``, ``"chunked"`` or ``"cudnn"`` (see `RunOptions.attention`);
+            all three compute the same function.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from tinkex_jax.local.model.config import ModelConfig
+        >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1,
+        ...                   d_ff=16)
+        >>> q = jax.random.normal(jax.random.key(0), (1, 128, 2, 4))
+        >>> k = v = jax.random.normal(jax.random.key(1), (1, 128, 1, 4))
+        >>> a = causal_attention(q, k, v, cfg, "dense")
+        >>> b = causal_attention(q, k, v, cfg, "chunked")
+        >>> a.shape, bool(jnp.allclose(a, b, atol=1e-5))
+        ((128, 8), True)
+    """
+    if impl == "cudnn":
+        out = _cudnn_attention(q, k, v, config)
+        if out is not None:
+            return out
+        impl = "chunked"
+    if impl == "chunked":
+        block = attention_block(q.shape[1]) or (q.shape[1] // 2 if q.shape[1] % 2 == 0
+                                                else 0)
+        if block:
+            return _chunked_attention(q, k, v, config, block)
+    return _dense_attention(q, k, v, config)
+
+
 def _block(x: jax.Array, lw: Mapping[str, jax.Array], lora: Mapping[str, Any] | None,
            scale: float, config: ModelConfig, cos: jax.Array, sin: jax.Array,
-           batch: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+           batch: int, attention: str = "dense",
+           ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """One decoder block on 2-D ``x``; also returns the block's (post-rotary) keys/values."""
     ad = lora or {}
     q, k, v = block_inputs(x, lw, lora, scale, config, cos, sin, batch)
-    o = _causal_attention(q, k, v, config)
+    o = causal_attention(q, k, v, config, attention)
     x = x + _proj(o, lw["wo"], ad.get("wo"), scale)
     h = rms_norm(x, lw["mlp_norm"], config.rms_norm_eps)
     return x + _swiglu(h, lw, lora, scale), (k, v)
+
+
+def _constrain_rows(x: jax.Array, options: RunOptions) -> jax.Array:
+    """Keeps 2-D activations split by rows over the data axis when a mesh is in use."""
+    mesh = options.mesh
+    if mesh is None:
+        return x
+    from .sharding import DATA_AXIS, batch_sharding, mesh_shape
+
+    if x.shape[0] % mesh_shape(mesh)[DATA_AXIS]:
+        return x
+    return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim))
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,11 +426,14 @@ def _block(x: jax.Array, lw: Mapping[str, jax.Array], lora: Mapping[str, Any] | 
 
 
 def final_hidden(base: Params, lora_layers: Mapping[str, Any] | None, scale: float,
-                 tokens: jax.Array, config: ModelConfig) -> jax.Array:
+                 tokens: jax.Array, config: ModelConfig,
+                 options: RunOptions | None = None) -> jax.Array:
     """Final (normed) hidden states ``[B*T, d]`` for ``tokens [B, T]`` (positions from 0).
 
-    Layers run under ``lax.scan`` over the stacked weights. ``lora_layers`` is the stacked
-    ``layers`` part of a LoRA tree (``{name: {"a": [L, in, r], "b": [L, r, out]}}``) or None.
+    Layers run under ``lax.scan`` over the stacked weights, each layer wrapped in
+    ``jax.checkpoint`` when `options` asks for rematerialisation. Activations are in the
+    base's dtype. ``lora_layers`` is the stacked ``layers`` part of a LoRA tree
+    (``{name: {"a": [L, in, r], "b": [L, r, out]}}``) or None.
 
     Example:
         >>> import jax.numpy as jnp
@@ -328,15 +443,20 @@ def final_hidden(base: Params, lora_layers: Mapping[str, Any] | None, scale: flo
         >>> final_hidden(init_params(cfg), None, 1.0, jnp.zeros((3, 4), jnp.int32), cfg).shape
         (12, 8)
     """
+    opts = options or _DEFAULT_OPTIONS
     B, T = tokens.shape
-    x = jnp.take(base["embed"], tokens.reshape(-1), axis=0)
+    x = _constrain_rows(jnp.take(base["embed"], tokens.reshape(-1), axis=0), opts)
     cos, sin = _rope_tables(config, jnp.arange(T))
+    attention = resolve_attention(opts, x.dtype, T)
 
     def body(x: jax.Array, layer: tuple[Any, Any]) -> tuple[jax.Array, None]:
         lw, ll = layer
-        x, _ = _block(x, lw, ll, scale, config, cos, sin, B)
-        return x, None
+        x, _ = _block(x, lw, ll, scale, config, cos, sin, B, attention)
+        return _constrain_rows(x, opts), None
 
+    policy = remat_policy(opts, config)
+    if policy is not None:
+        body = jax.checkpoint(body, policy=policy, prevent_cse=False)
     x, _ = jax.lax.scan(body, x, (base["layers"], lora_layers))
     return rms_norm(x, base["final_norm"], config.rms_norm_eps)
 
@@ -356,17 +476,24 @@ def unembed_matrix(base: Params) -> jax.Array:
 
 def _unembed(h: jax.Array, base: Params, lora_unembed: Mapping[str, jax.Array] | None,
              scale: float) -> jax.Array:
+    """Float32 logits ``[N, V]`` of 2-D hidden states (products accumulated in float32)."""
+    f32 = jnp.float32
     if "unembed" in base:
-        out = h @ base["unembed"]
+        out = jnp.dot(h, base["unembed"].astype(h.dtype), preferred_element_type=f32)
     else:
-        out = jax.lax.dot_general(h, base["embed"], (((1,), (1,)), ((), ())))
+        out = jax.lax.dot_general(h, base["embed"].astype(h.dtype), (((1,), (1,)), ((), ())),
+                                  preferred_element_type=f32)
     if lora_unembed is not None:
-        out = out + ((h @ lora_unembed["a"]) @ lora_unembed["b"]) * scale
-    return out.astype(jnp.float32)
+        t = jnp.dot(h, lora_unembed["a"].astype(h.dtype), preferred_element_type=f32)
+        out = out + (t @ lora_unembed["b"].astype(f32)) * scale
+    return out
 
 
-def logits(base: Params, lora: Any, tokens: jax.Array, config: ModelConfig) -> jax.Array:
+def logits(base: Params, lora: Any, tokens: jax.Array, config: ModelConfig,
+           options: RunOptions | None = None) -> jax.Array:
     """Full logits ``[B, T, V]`` (float32) for ``tokens [B, T]``; ``lora`` is a `Lora` or None.
+
+    Materialises every logit: use `target_logprobs` to score targets in bounded memory.
 
     Example:
         >>> import jax.numpy as jnp
@@ -377,7 +504,7 @@ def logits(base: Params, lora: Any, tokens: jax.Array, config: ModelConfig) -> j
         (1, 3, 16)
     """
     weights, scale = _split_lora(lora)
-    h = final_hidden(base, weights.get("layers"), scale, tokens, config)
+    h = final_hidden(base, weights.get("layers"), scale, tokens, config, options)
     out = _unembed(h, base, weights.get("unembed"), scale)
     return out.reshape(tokens.shape[0], tokens.shape[1], -1)
 
@@ -388,12 +515,75 @@ def _split_lora(lora: Any) -> tuple[dict[str, Any], float]:
     return lora.weights, lora.scale
 
 
+def logits_chunk_rows(vocab_size: int, options: RunOptions | None = None) -> int:
+    """Rows of float32 logits computed at once under `options.logits_chunk_bytes`.
+
+    Example:
+        >>> logits_chunk_rows(151936, RunOptions(logits_chunk_bytes=64 << 20))
+        110
+    """
+    opts = options or _DEFAULT_OPTIONS
+    return max(1, opts.logits_chunk_bytes // (4 * vocab_size))
+
+
+def map_row_chunks(fn: Callable[..., Any], rows: Sequence[jax.Array], chunk: int) -> Any:
+    """``fn(*rows)`` computed `chunk` rows at a time (rows padded, results cut back).
+
+    Each chunk runs under ``jax.checkpoint``, so a backward pass recomputes it instead of
+    keeping its intermediates. With at most `chunk` rows, `fn` runs once on the whole input.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> x = jnp.arange(10.0).reshape(5, 2)
+        >>> map_row_chunks(lambda a: a.sum(-1), [x], 2).tolist()
+        [1.0, 5.0, 9.0, 13.0, 17.0]
+    """
+    n_rows = rows[0].shape[0]
+    if n_rows <= chunk:
+        return fn(*rows)
+    n = -(-n_rows // chunk)
+    size = -(-n_rows // n)
+    pad = n * size - n_rows
+    blocks = [jnp.pad(r, [(0, pad)] + [(0, 0)] * (r.ndim - 1)).reshape(n, size, *r.shape[1:])
+              for r in rows]
+    body = jax.checkpoint(lambda xs: fn(*xs))
+    out = jax.lax.map(body, tuple(blocks))
+    return jax.tree.map(lambda o: o.reshape(n * size, *o.shape[2:])[:n_rows], out)
+
+
+def hidden_logprobs(hidden: jax.Array, base: Params, lora_unembed: Mapping[str, Any] | None,
+                    scale: float, targets: jax.Array, chunk: int) -> jax.Array:
+    """Float32 ``log p(targets)`` for 2-D hidden states ``[N, d]`` and targets ``[N, K]``,
+    computing the logits `chunk` rows at a time (see `map_row_chunks`).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from tinkex_jax.local.model.config import ModelConfig
+        >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1,
+        ...                   d_ff=16)
+        >>> p = init_params(cfg)
+        >>> h, t = jnp.ones((6, 8)), jnp.ones((6, 1), jnp.int32)
+        >>> bool(jnp.allclose(hidden_logprobs(h, p, None, 1.0, t, 2),
+        ...                   hidden_logprobs(h, p, None, 1.0, t, 100)))
+        True
+    """
+
+    def block(h: jax.Array, tgt: jax.Array) -> jax.Array:
+        lg = _unembed(h, base, lora_unembed, scale)
+        lse = jax.nn.logsumexp(lg, axis=-1, keepdims=True)
+        return jnp.take_along_axis(lg, tgt, axis=-1) - lse
+
+    result: jax.Array = map_row_chunks(block, [hidden, targets.astype(jnp.int32)], chunk)
+    return result
+
+
 def target_logprobs(base: Params, lora: Any, tokens: jax.Array, targets: jax.Array,
-                    config: ModelConfig) -> jax.Array:
+                    config: ModelConfig, options: RunOptions | None = None) -> jax.Array:
     """``log p(targets | prefix)`` for every position: ``[B, T]``, or ``[B, T, K]`` for 2-D.
 
     Position ``t`` scores ``targets[:, t]`` under the model's next-token distribution after
-    ``tokens[:, :t+1]`` (Tinker's convention: targets are the inputs shifted by one).
+    ``tokens[:, :t+1]`` (Tinker's convention: targets are the inputs shifted by one). The
+    float32 logits are computed in row chunks of at most ``options.logits_chunk_bytes``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -406,26 +596,116 @@ def target_logprobs(base: Params, lora: Any, tokens: jax.Array, targets: jax.Arr
     """
     weights, scale = _split_lora(lora)
     B, T = tokens.shape
-    h = final_hidden(base, weights.get("layers"), scale, tokens, config)
-    lg = _unembed(h, base, weights.get("unembed"), scale)  # [B*T, V]
-    lse = jax.nn.logsumexp(lg, axis=-1, keepdims=True)
-    tgt = targets.reshape(B * T, -1).astype(jnp.int32)
-    picked = jnp.take_along_axis(lg, tgt, axis=-1) - lse
+    h = final_hidden(base, weights.get("layers"), scale, tokens, config, options)
+    tgt = targets.reshape(B * T, -1)
+    picked = hidden_logprobs(h, base, weights.get("unembed"), scale, tgt,
+                             logits_chunk_rows(config.vocab_size, options))
     return picked.reshape(targets.shape)
 
 
 # --------------------------------------------------------------------------------------------
-# Decoding: prefill and one cached step on per-layer weights
+# Decoding: prefill and one cached step, on merged per-layer weights or on the shared base
 # --------------------------------------------------------------------------------------------
 
 
-def prefill(weights: DecodeWeights, tokens: jax.Array, cache_len: int,
-            config: ModelConfig) -> tuple[jax.Array, KVCache]:
+def _unstack_layers_impl(layers: Mapping[str, jax.Array]) -> list[dict[str, jax.Array]]:
+    n = next(iter(layers.values())).shape[0]
+    return [{k: v[i] for k, v in layers.items()} for i in range(n)]
+
+
+unstack_layers = jax.jit(_unstack_layers_impl)
+unstack_layers.__doc__ = """Per-layer copies ``[{name: array}] * L`` of stacked layer weights.
+
+Decoding reads per-layer arrays much faster than slices of stacked ones (XLA:CPU copies a
+slice on every step). Jitted; shardings carry over (the layer axis is never split).
+
+Example:
+    >>> from tinkex_jax.local.model.config import ModelConfig
+    >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1,
+    ...                   d_ff=16)
+    >>> per_layer = unstack_layers(init_params(cfg)["layers"])
+    >>> len(per_layer), per_layer[0]["wq"].shape
+    (2, (8, 8))
+"""
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class SharedWeights:
+    """Decoding weights that reference base weights shared with other samplers and apply an
+    optional LoRA adapter on the fly.
+
+    Attributes:
+        base: Base parameters, either the stacked tree the trainer uses (``"layers"`` a dict
+            of ``[L, ...]`` arrays: no copy at all, but each step slices every layer, which
+            XLA:CPU does by copying) or a per-layer form (``"layers"`` a list of dicts, see
+            `unstack_layers`) built once and shared by all samplers of that base.
+        lora: ``Lora.weights`` of the adapter, or None.
+        scale: The adapter's ``alpha / rank`` (static).
+    """
+
+    base: Params
+    lora: dict[str, Any] | None = None
+    scale: float = field(default=1.0, metadata={"static": True})
+
+
+DecodeSource = DecodeWeights | SharedWeights
+"""What `prefill` and `decode_step` read weights from."""
+
+
+def _layer_weights(weights: DecodeSource, i: int, barrier: Any = None,
+                   ) -> tuple[Mapping[str, jax.Array], Mapping[str, Any] | None]:
+    """Layer `i`'s weights and adapter. With `barrier` (a value that changes on every loop
+    iteration), shared stacked weights are sliced per iteration instead of hoisted out of the
+    loop, which would build a transient unstacked copy of the whole base."""
+    if not isinstance(weights, SharedWeights):
+        return weights["layers"][i], None
+    layers = weights.base["layers"]
+    ad_layers = (weights.lora or {}).get("layers")
+    if barrier is not None and not isinstance(layers, list):
+        layers, ad_layers, _ = jax.lax.optimization_barrier((layers, ad_layers, barrier))
+    lw = layers[i] if isinstance(layers, list) else {k: v[i] for k, v in layers.items()}
+    ad = None if ad_layers is None else {n: {"a": p["a"][i], "b": p["b"][i]}
+                                         for n, p in ad_layers.items()}
+    return lw, ad
+
+
+def _decode_parts(weights: DecodeSource) -> tuple[jax.Array, jax.Array, int, float]:
+    if isinstance(weights, SharedWeights):
+        layers = weights.base["layers"]
+        n = len(layers) if isinstance(layers, list) else layers["wq"].shape[0]
+        return weights.base["embed"], weights.base["final_norm"], n, weights.scale
+    return weights["embed"], weights["final_norm"], len(weights["layers"]), 1.0
+
+
+def decode_logits(weights: DecodeSource, hidden: jax.Array) -> jax.Array:
+    """Float32 logits ``[N, V]`` of final hidden states ``[N, d]`` (with the adapter's
+    unembedding term for shared weights).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from tinkex_jax.local.model.config import ModelConfig
+        >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1,
+        ...                   d_ff=16)
+        >>> decode_logits(SharedWeights(init_params(cfg)), jnp.ones((2, 8))).shape
+        (2, 16)
+    """
+    if isinstance(weights, SharedWeights):
+        return _unembed(hidden, weights.base, (weights.lora or {}).get("unembed"),
+                        weights.scale)
+    return jnp.dot(hidden, weights["unembed"].astype(hidden.dtype),
+                   preferred_element_type=jnp.float32)
+
+
+def prefill(weights: DecodeSource, tokens: jax.Array, cache_len: int,
+            config: ModelConfig, options: RunOptions | None = None,
+            ) -> tuple[jax.Array, KVCache]:
     """Runs ``tokens [B, P]`` (positions 0..P-1) and builds a KV cache of length `cache_len`.
 
     Returns the final normed hidden states ``[B*P, d]`` (for prompt logprobs) and the cache,
     with the prompt's keys/values at positions ``0..P-1`` and zeros after. Padding positions
-    at the end of ``tokens`` write garbage that decoding overwrites before reading it.
+    at the end of ``tokens`` write garbage that decoding overwrites before reading it. The
+    cache has the weights' dtype.
 
     Example:
         >>> import jax.numpy as jnp
@@ -439,24 +719,30 @@ def prefill(weights: DecodeWeights, tokens: jax.Array, cache_len: int,
         >>> hidden.shape, len(cache), cache[0][0].shape
         ((3, 8), 1, (1, 1, 8, 4))
     """
+    opts = options or _DEFAULT_OPTIONS
     B, P = tokens.shape
-    x = jnp.take(weights["embed"], tokens.reshape(-1), axis=0)
+    embed, final_norm, n_layers, scale = _decode_parts(weights)
+    x = jnp.take(embed, tokens.reshape(-1), axis=0)
     cos, sin = _rope_tables(config, jnp.arange(P))
+    attention = resolve_attention(opts, x.dtype, P)
     cache: KVCache = []
-    for lw in weights["layers"]:
-        x, (k, v) = _block(x, lw, None, 1.0, config, cos, sin, B)
+    for i in range(n_layers):
+        lw, ad = _layer_weights(weights, i)
+        x, (k, v) = _block(x, lw, ad, scale, config, cos, sin, B, attention)
         pad = ((0, 0), (0, 0), (0, cache_len - P), (0, 0))
         cache.append((jnp.pad(k.transpose(0, 2, 1, 3), pad),
                       jnp.pad(v.transpose(0, 2, 1, 3), pad)))
-    return rms_norm(x, weights["final_norm"], config.rms_norm_eps), cache
+    return rms_norm(x, final_norm, config.rms_norm_eps), cache
 
 
-def decode_step(weights: DecodeWeights, cache: KVCache, token: jax.Array, pos: jax.Array,
+def decode_step(weights: DecodeSource, cache: KVCache, token: jax.Array, pos: jax.Array,
                 config: ModelConfig) -> tuple[jax.Array, KVCache]:
     """One cached step: feeds ``token [B]`` at position ``pos`` (a scalar), returns logits.
 
     Keys/values of this position are written into each layer's cache in place
-    (``dynamic_update_slice``); attention reads positions ``<= pos``.
+    (``dynamic_update_slice``); attention reads positions ``<= pos``. With `SharedWeights`
+    the adapter is applied on the fly and each layer's weights are sliced from the stacked
+    base inside the step (no unstacked copy of the base is ever built).
 
     Returns:
         ``(logits [B, V] float32, updated cache)``.
@@ -477,22 +763,27 @@ def decode_step(weights: DecodeWeights, cache: KVCache, token: jax.Array, pos: j
     c = config
     B = token.shape[0]
     S = cache[0][0].shape[2]
-    x = jnp.take(weights["embed"], token, axis=0)  # [B, d]
+    embed, final_norm, _, scale = _decode_parts(weights)
+    x = jnp.take(embed, token, axis=0)  # [B, d]
     cos, sin = _rope_tables(c, pos[None])  # [1, head/2]
     visible = jnp.arange(S) <= pos
     new_cache: KVCache = []
-    for lw, (kc, vc) in zip(weights["layers"], cache):
-        q, k, v = block_inputs(x, lw, None, 1.0, c, cos, sin, B)  # q [B,1,H,h], k/v [B,1,KV,h]
-        kc = jax.lax.dynamic_update_slice(kc, k.transpose(0, 2, 1, 3), (0, 0, pos, 0))
-        vc = jax.lax.dynamic_update_slice(vc, v.transpose(0, 2, 1, 3), (0, 0, pos, 0))
+    for i, (kc, vc) in enumerate(cache):
+        lw, ad = _layer_weights(weights, i, barrier=pos)
+        ad_o = None if ad is None else ad.get("wo")
+        q, k, v = block_inputs(x, lw, ad, scale, c, cos, sin, B)  # q [B,1,H,h], k/v [B,1,KV,h]
+        kc = jax.lax.dynamic_update_slice(kc, k.transpose(0, 2, 1, 3).astype(kc.dtype),
+                                          (0, 0, pos, 0))
+        vc = jax.lax.dynamic_update_slice(vc, v.transpose(0, 2, 1, 3).astype(vc.dtype),
+                                          (0, 0, pos, 0))
         qg = q.reshape(B, c.n_kv_heads, c.group_size, c.head_size)
         s = jnp.einsum("bkgh,bksh->bkgs", qg, kc, preferred_element_type=jnp.float32)
         s = jnp.where(visible, s * (c.head_size**-0.5), _NEG)
         p = jax.nn.softmax(s, axis=-1).astype(vc.dtype)
         o = jnp.einsum("bkgs,bksh->bkgh", p, vc).reshape(B, c.q_dim)
-        x = x + o @ lw["wo"]
+        x = x + _proj(o, lw["wo"], ad_o, scale)
         h = rms_norm(x, lw["mlp_norm"], c.rms_norm_eps)
-        x = x + _swiglu(h, lw, None, 1.0)
+        x = x + _swiglu(h, lw, ad, scale)
         new_cache.append((kc, vc))
-    h = rms_norm(x, weights["final_norm"], c.rms_norm_eps)
-    return (h @ weights["unembed"]).astype(jnp.float32), new_cache
+    h = rms_norm(x, final_norm, c.rms_norm_eps)
+    return decode_logits(weights, h), new_cache

@@ -36,21 +36,27 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
 from tinkex_jax.errors import invalid
 
 from .config import ModelConfig
 from .decoder import Params
+from .options import RunOptions
 from .runtime import Model
 
 __all__ = [
     "LoadedModel",
+    "MappingSource",
+    "SafetensorsSource",
+    "TensorSource",
+    "checkpoint_dtype",
     "config_from_hf",
     "config_to_hf",
+    "hf_weight_files",
     "load_checkpoint_files",
     "load_hf_directory",
     "params_from_hf",
@@ -85,7 +91,7 @@ class LoadedModel:
 
     Attributes:
         name: The preset name or the directory path it was loaded from.
-        model: The base `Model` (float32 parameters).
+        model: The base `Model` (parameters in the dtype asked for when loading).
         tokenizer: A ``tokenizers.Tokenizer``, or None when the directory has none.
         source: Where the files live.
     """
@@ -99,6 +105,14 @@ class LoadedModel:
     def config(self) -> ModelConfig:
         """The model's `ModelConfig`."""
         return self.model.config
+
+
+def _np_dtype_any(name: str) -> Any:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(name)
 
 
 def _np_dtype(name: str) -> Any:
@@ -234,9 +248,203 @@ def config_to_hf(config: ModelConfig, *, dtype: str = "float32") -> dict[str, An
 # --------------------------------------------------------------------------------------------
 
 
-def params_from_hf(tensors: Mapping[str, Any], config: ModelConfig, *,
-                   where: str = "checkpoint") -> Params:
-    """Base parameters (float32, ``[in, out]``, stacked layers) from HF-named tensors.
+class TensorSource(Protocol):
+    """Read access to named checkpoint tensors, one tensor (or one slice of it) at a time."""
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The stored shape of tensor `name`."""
+        ...
+
+    def dtype(self, name: str) -> np.dtype[Any]:
+        """The stored dtype of tensor `name`."""
+        ...
+
+    def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        """Tensor `name` (or ``tensor[index]``) as a host array in its stored dtype."""
+        ...
+
+
+class MappingSource:
+    """A `TensorSource` over an in-memory ``{name: array}`` mapping.
+
+    Example:
+        >>> import numpy as np
+        >>> src = MappingSource({"w": np.arange(6.0).reshape(2, 3)})
+        >>> "w" in src, src.shape("w"), src.read("w", (slice(None), slice(1, 2))).tolist()
+        (True, (2, 3), [[1.0], [4.0]])
+    """
+
+    def __init__(self, tensors: Mapping[str, Any]) -> None:
+        self._tensors = tensors
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(np.shape(self._tensors[name]))
+
+    def dtype(self, name: str) -> np.dtype[Any]:
+        return np.asarray(self._tensors[name]).dtype
+
+    def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        arr = np.asarray(self._tensors[name])
+        return arr if index is None else arr[index]
+
+
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+              "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+              "BOOL": "bool"}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    path: Path
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset of the data in the file
+
+
+class SafetensorsSource:
+    """A `TensorSource` over ``.safetensors`` files that reads each tensor (or block of its
+    rows) with plain file reads: nothing is memory-mapped, so the host holds only the block
+    being read, never the files.
+
+    Raises:
+        ValidationError: A file that cannot be read or is not safetensors.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> from pathlib import Path
+        >>> from safetensors.numpy import save_file
+        >>> path = Path(tempfile.mkdtemp()) / "w.safetensors"
+        >>> save_file({"w": np.arange(6, dtype=np.float16).reshape(3, 2)}, str(path))
+        >>> with SafetensorsSource([path]) as src:
+        ...     src.shape("w"), src.dtype("w").name, src.read("w", (slice(1, 3),)).tolist()
+        ((3, 2), 'float16', [[2.0, 3.0], [4.0, 5.0]])
+    """
+
+    def __init__(self, files: Sequence[Path]) -> None:
+        self._entries: dict[str, _Entry] = {}
+        for f in files:
+            self._entries.update(self._read_header(Path(f)))
+
+    @staticmethod
+    def _read_header(path: Path) -> dict[str, _Entry]:
+        try:
+            with open(path, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size < (100 << 20):
+                    raise ValueError(f"header size {size} is not plausible")
+                header = json.loads(fh.read(size))
+            entries = {}
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                code = info["dtype"]
+                if code not in _ST_DTYPES:
+                    raise ValueError(f"tensor {name!r} has unsupported dtype {code}")
+                entries[name] = _Entry(path, np.dtype(_np_dtype_any(_ST_DTYPES[code])),
+                                       tuple(int(d) for d in info["shape"]),
+                                       8 + size + int(info["data_offsets"][0]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise invalid(str(path), "a readable .safetensors file",
+                          f"<{type(exc).__name__}: {exc}>", "re-download or re-export it"
+                          ) from exc
+        return entries
+
+    def __enter__(self) -> SafetensorsSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Forgets the files (no file stays open between reads)."""
+        self._entries.clear()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entries[name].shape
+
+    def dtype(self, name: str) -> np.dtype[Any]:
+        return self._entries[name].dtype
+
+    def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        entry = self._entries[name]
+        shape = entry.shape
+        rows = index[0] if index else slice(None)
+        r0, r1, step = rows.indices(shape[0]) if shape else (0, 0, 1)
+        if not shape or step != 1:
+            r0, r1 = 0, shape[0] if shape else 0
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * entry.dtype.itemsize
+        out = np.empty((max(0, r1 - r0), *shape[1:]) if shape else (), entry.dtype)
+        with open(entry.path, "rb") as fh:
+            fh.seek(entry.start + r0 * row_bytes)
+            got = fh.readinto(out.reshape(-1).view(np.uint8).data)
+        if got != out.nbytes:
+            raise invalid(f"{entry.path}: tensor {name!r}", f"{out.nbytes} bytes", f"<{got}>",
+                          "the file is truncated; re-download it")
+        if index is None:
+            return out
+        if not shape or step != 1:
+            return out[index]
+        return out[(slice(None), *index[1:])]
+
+
+def checkpoint_dtype(source: TensorSource, config: ModelConfig) -> np.dtype[Any]:
+    """The dtype the checkpoint stores its embedding in (float32 when unknown).
+
+    Example:
+        >>> import numpy as np
+        >>> from tinkex_jax.local.model.config import ModelConfig
+        >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2,
+        ...                   n_kv_heads=1, d_ff=16)
+        >>> checkpoint_dtype(MappingSource({"model.embed_tokens.weight":
+        ...                                 np.zeros((16, 8), np.float16)}), cfg).name
+        'float16'
+    """
+    for name in ("model.embed_tokens.weight", "embed_tokens.weight"):
+        if name in source:
+            return source.dtype(name)
+    return np.dtype(np.float32)
+
+
+def _to_device(arr: np.ndarray) -> jax.Array:
+    out = jax.device_put(arr)
+    out.block_until_ready()
+    return out
+
+
+def _full(index: tuple[slice, ...] | None, shape: Sequence[int]) -> tuple[slice, ...]:
+    """A device's index from ``make_array_from_callback`` as one slice per dimension."""
+    if index is None:
+        return tuple(slice(None) for _ in shape)
+    return tuple(index) + tuple(slice(None) for _ in shape[len(index):])
+
+
+def params_from_hf(tensors: Mapping[str, Any] | TensorSource, config: ModelConfig, *,
+                   where: str = "checkpoint", dtype: Any = np.float32,
+                   mesh: Any = None) -> Params:
+    """Base parameters (``[in, out]``, stacked layers) from HF-named tensors.
+
+    Tensors are read one at a time with plain file reads (for a `SafetensorsSource`),
+    transposed and cast to `dtype` on the host, and each parameter (one stacked ``[L, ...]``
+    array or one matrix) is sent to its device before the next is read, so the host holds at
+    most one parameter beyond what is already placed. With a `mesh`, each device's shard is
+    read directly (``jax.make_array_from_callback``) with the shardings of
+    `sharding.param_shardings`. Measured on CPU for a 665 MB checkpoint: host peak 1.20x the
+    checkpoint (docs/local-backend.md).
+
+    Args:
+        tensors: ``{name: array}`` or a `TensorSource` (e.g. `SafetensorsSource`).
+        config: The model shape.
+        where: Where the tensors come from (for error messages).
+        dtype: The parameter dtype (a numpy dtype or a name such as ``"bfloat16"``).
+        mesh: A ``("fsdp", "tp")`` mesh to shard over, or None for the default device.
 
     Raises:
         ValidationError: A missing tensor or a tensor of the wrong shape (the message names
@@ -248,48 +456,89 @@ def params_from_hf(tensors: Mapping[str, Any], config: ModelConfig, *,
         >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2,
         ...                   n_kv_heads=1, d_ff=16)
         >>> p = params_from_hf(params_to_hf(init_params(cfg), cfg), cfg)
-        >>> p["layers"]["w_down"].shape
-        (1, 16, 8)
+        >>> p["layers"]["w_down"].shape, p["embed"].dtype
+        ((1, 16, 8), dtype('float32'))
     """
-    import jax
-
     from .decoder import init_params
+    from .options import resolve_param_dtype
 
+    src: TensorSource = MappingSource(tensors) if isinstance(tensors, Mapping) else tensors
+    target = resolve_param_dtype(dtype, None, platform="cpu")
     template = jax.eval_shape(lambda: init_params(config))  # shapes only, no allocation
+    shardings: Any = None
+    if mesh is not None:
+        from .sharding import param_shardings
+
+        shardings = param_shardings(template, mesh)
     prefix = "model."
     # Some exports omit the "model." prefix; accept them.
-    if f"{prefix}embed_tokens.weight" not in tensors and "embed_tokens.weight" in tensors:
+    if f"{prefix}embed_tokens.weight" not in src and "embed_tokens.weight" in src:
         prefix = ""
 
-    def get(name: str, shape: tuple[int, ...], transpose: bool) -> np.ndarray:
-        if name not in tensors:
-            raise invalid(f"{where}: tensor {name!r}", f"present (shape {list(shape)})",
+    def check(name: str, shape: tuple[int, ...], transpose: bool) -> None:
+        expected = tuple(shape[::-1] if transpose else shape)
+        if name not in src:
+            raise invalid(f"{where}: tensor {name!r}", f"present (shape {list(expected)})",
                           "<missing>", "check that the checkpoint matches config.json")
-        arr = np.asarray(tensors[name]).astype(np.float32)
+        if src.shape(name) != expected:
+            raise invalid(f"{where}: tensor {name!r}", f"shape {list(expected)}",
+                          f"<shape {list(src.shape(name))}>",
+                          "check that the checkpoint matches config.json")
+
+    def host(name: str, transpose: bool, index: tuple[slice, ...] | None = None,
+             ) -> np.ndarray:
+        """``ours[index]`` of tensor `name` on the host, in the target dtype."""
+        hf_index = None if index is None else tuple(index[::-1] if transpose else index)
+        arr = src.read(name, hf_index)
         if transpose:
             arr = arr.T
-        if arr.shape != shape:
-            expected = list(shape[::-1] if transpose else shape)
-            raise invalid(f"{where}: tensor {name!r}", f"shape {expected}",
-                          f"<shape {list(np.asarray(tensors[name]).shape)}>",
-                          "check that the checkpoint matches config.json")
-        return arr
+        return np.ascontiguousarray(arr.astype(target, copy=False))
+
+    def single(name: str, shape: tuple[int, ...], transpose: bool, sharding: Any,
+               ) -> jax.Array:
+        check(name, shape, transpose)
+        if sharding is not None:
+            return jax.make_array_from_callback(
+                shape, sharding, lambda index: host(name, transpose, _full(index, shape)))
+        return _to_device(host(name, transpose))
+
+    def stacked(ours: str, shape: tuple[int, ...], sharding: Any) -> jax.Array:
+        transpose = ours in _MATRICES
+        names = [f"{prefix}layers.{i}.{_LAYER_NAMES[ours]}.weight" for i in range(shape[0])]
+        for name in names:
+            check(name, shape[1:], transpose)
+        if sharding is None:
+            out = np.empty(shape, target)
+            for i, name in enumerate(names):
+                out[i] = host(name, transpose)
+            return _to_device(out)
+
+        def block(index: tuple[slice, ...] | None) -> np.ndarray:
+            full = _full(index, shape)
+            layers = range(shape[0])[full[0]]
+            rest = full[1:]
+            return np.stack([host(names[i], transpose, rest) for i in layers])
+
+        return jax.make_array_from_callback(shape, sharding, block)
+
+    def sh(key: str, sub: str | None = None) -> Any:
+        if shardings is None:
+            return None
+        return shardings[key] if sub is None else shardings[key][sub]
 
     layers: dict[str, Any] = {}
-    for ours, stacked in template["layers"].items():
-        per = [get(f"{prefix}layers.{i}.{_LAYER_NAMES[ours]}.weight", stacked.shape[1:],
-                   ours in _MATRICES) for i in range(config.n_layers)]
-        layers[ours] = jnp.asarray(np.stack(per))
+    for ours, spec in template["layers"].items():
+        layers[ours] = stacked(ours, tuple(spec.shape), sh("layers", ours))
     params: Params = {
-        "embed": jnp.asarray(get(f"{prefix}embed_tokens.weight",
-                                 template["embed"].shape, False)),
+        "embed": single(f"{prefix}embed_tokens.weight", tuple(template["embed"].shape), False,
+                        sh("embed")),
         "layers": layers,
-        "final_norm": jnp.asarray(get(f"{prefix}norm.weight", template["final_norm"].shape,
-                                      False)),
+        "final_norm": single(f"{prefix}norm.weight", tuple(template["final_norm"].shape),
+                             False, sh("final_norm")),
     }
     if not config.tie_embeddings:
-        params["unembed"] = jnp.asarray(get("lm_head.weight", template["unembed"].shape,
-                                            True))
+        params["unembed"] = single("lm_head.weight", tuple(template["unembed"].shape), True,
+                                   sh("unembed"))
     return params
 
 
@@ -338,29 +587,22 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_safetensors(files: Sequence[Path]) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    tensors: dict[str, np.ndarray] = {}
-    for f in files:
-        try:
-            tensors.update(load_file(str(f)))
-        except Exception as exc:  # safetensors raises its own error types
-            raise invalid(str(f), "a readable .safetensors file",
-                          f"<{type(exc).__name__}: {exc}>", "re-download or re-export it"
-                          ) from exc
-    return tensors
-
-
 def load_checkpoint_files(config_path: Path, weight_files: Sequence[Path],
-                          tokenizer_path: Path | None, *, name: str) -> LoadedModel:
+                          tokenizer_path: Path | None, *, name: str, dtype: Any = "auto",
+                          options: RunOptions | None = None) -> LoadedModel:
     """Loads a model from explicit file paths (used for directories and flat presets).
+
+    Weights stream from the files tensor by tensor straight into their dtype and sharding
+    (see `params_from_hf`).
 
     Args:
         config_path: The ``config.json``.
         weight_files: Every ``.safetensors`` file holding the weights.
         tokenizer_path: A ``tokenizer.json`` or None.
         name: The name recorded in the result.
+        dtype: Parameter dtype: ``"auto"`` (float32 on CPU, the checkpoint's dtype on GPU /
+            TPU), ``"checkpoint"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        options: The model's `RunOptions` (its mesh decides the placement).
 
     Returns:
         A `LoadedModel`.
@@ -372,43 +614,39 @@ def load_checkpoint_files(config_path: Path, weight_files: Sequence[Path],
         >>> m.config.d_model, m.tokenizer is None
         (128, True)
     """
+    from .options import platform_of, resolve_param_dtype
+
+    opts = options or RunOptions()
     config = config_from_hf(_read_json(config_path), where=str(config_path))
-    tensors = _read_safetensors(weight_files)
-    params = params_from_hf(tensors, config, where=str(weight_files[0].parent))
+    with SafetensorsSource(weight_files) as source:
+        target = resolve_param_dtype(dtype, checkpoint_dtype(source, config),
+                                     platform=platform_of(opts))
+        params = params_from_hf(source, config, where=str(weight_files[0].parent),
+                                dtype=target, mesh=opts.mesh)
     tokenizer = None
     if tokenizer_path is not None and tokenizer_path.exists():
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    return LoadedModel(name=name, model=Model(params, config), tokenizer=tokenizer,
+    return LoadedModel(name=name, model=Model(params, config, opts), tokenizer=tokenizer,
                        source=config_path.parent)
 
 
-def load_hf_directory(path: str | os.PathLike[str]) -> LoadedModel:
-    """Loads a Llama / Qwen3 Hugging Face directory from local disk.
-
-    Args:
-        path: A directory with ``config.json``, ``model.safetensors`` (or shards with
-            ``model.safetensors.index.json``) and optionally ``tokenizer.json``.
-
-    Returns:
-        A `LoadedModel` (float32 parameters whatever the stored dtype).
+def hf_weight_files(path: str | os.PathLike[str]) -> tuple[Path, list[Path]]:
+    """The ``config.json`` and the ``.safetensors`` files of a Hugging Face directory.
 
     Raises:
-        ValidationError: Missing files, an unsupported architecture, or tensors that do not
-            match the config.
+        ValidationError: Not a directory, no config.json, or no safetensors weights.
 
     Example:
         >>> import tempfile
         >>> from tinkex_jax.local.model.config import ModelConfig
         >>> from tinkex_jax.local.model.decoder import init_params
-        >>> from tinkex_jax.local.model.runtime import Model
         >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2,
-        ...                   n_kv_heads=1, d_ff=16, architecture="qwen3", qk_norm=True)
-        >>> d = save_hf_directory(tempfile.mkdtemp(), Model(init_params(cfg), cfg),
-        ...                       max_shard_bytes=1000)
-        >>> load_hf_directory(d).model.params["layers"]["q_norm"].shape
-        (1, 4)
+        ...                   n_kv_heads=1, d_ff=16)
+        >>> d = save_hf_directory(tempfile.mkdtemp(), Model(init_params(cfg), cfg))
+        >>> [f.name for f in hf_weight_files(d)[1]]
+        ['model.safetensors']
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -430,7 +668,43 @@ def load_hf_directory(path: str | os.PathLike[str]) -> LoadedModel:
         raise invalid(str(root), "model.safetensors or a sharded index "
                       "(model.safetensors.index.json)", "<no .safetensors files>",
                       "PyTorch .bin checkpoints are not supported; convert to safetensors")
-    return load_checkpoint_files(config_path, files, root / "tokenizer.json", name=str(root))
+    return config_path, files
+
+
+def load_hf_directory(path: str | os.PathLike[str], *, dtype: Any = "auto",
+                      options: RunOptions | None = None) -> LoadedModel:
+    """Loads a Llama / Qwen3 Hugging Face directory from local disk.
+
+    Args:
+        path: A directory with ``config.json``, ``model.safetensors`` (or shards with
+            ``model.safetensors.index.json``) and optionally ``tokenizer.json``.
+        dtype: Parameter dtype (see `load_checkpoint_files`; ``"auto"``: float32 on CPU,
+            the checkpoint's dtype on GPU / TPU).
+        options: The model's `RunOptions` (remat, attention, mesh, ...).
+
+    Returns:
+        A `LoadedModel`.
+
+    Raises:
+        ValidationError: Missing files, an unsupported architecture, or tensors that do not
+            match the config.
+
+    Example:
+        >>> import tempfile
+        >>> from tinkex_jax.local.model.config import ModelConfig
+        >>> from tinkex_jax.local.model.decoder import init_params
+        >>> from tinkex_jax.local.model.runtime import Model
+        >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2,
+        ...                   n_kv_heads=1, d_ff=16, architecture="qwen3", qk_norm=True)
+        >>> d = save_hf_directory(tempfile.mkdtemp(), Model(init_params(cfg), cfg),
+        ...                       max_shard_bytes=1000)
+        >>> load_hf_directory(d).model.params["layers"]["q_norm"].shape
+        (1, 4)
+    """
+    config_path, files = hf_weight_files(path)
+    root = config_path.parent
+    return load_checkpoint_files(config_path, files, root / "tokenizer.json", name=str(root),
+                                 dtype=dtype, options=options)
 
 
 def save_hf_directory(path: str | os.PathLike[str], model: Model, tokenizer: Any = None, *,
@@ -489,8 +763,7 @@ def save_hf_directory(path: str | os.PathLike[str], model: Model, tokenizer: Any
         (root / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n",
                                                             encoding="utf-8")
     if tokenizer is not None:
-        from .tokenizer import save_tokenizer
-        from .tokenizer import tokenizer_config as default_tok_cfg
+        from .tokenizer import save_tokenizer, tokenizer_config as default_tok_cfg
 
         save_tokenizer(tokenizer, root, config=dict(tokenizer_config or default_tok_cfg()))
     return root

@@ -93,7 +93,8 @@ def _seed_key_data(seed: int) -> np.ndarray:
     return np.array([s >> 32, s & 0xFFFFFFFF], dtype=np.uint32)
 
 
-def init_lora(config: ModelConfig, spec: LoraSpec, *, dtype: Any = jnp.float32) -> Lora:
+def init_lora(config: ModelConfig, spec: LoraSpec, *, dtype: Any = jnp.float32,
+              mesh: Any = None) -> Lora:
     """A fresh adapter: ``A ~ N(0, 1/d_in)``, ``B = 0`` (the identity), deterministic in seed.
 
     Each matrix draws from its own key (derived from all 64 bits of ``spec.seed`` and the
@@ -103,7 +104,10 @@ def init_lora(config: ModelConfig, spec: LoraSpec, *, dtype: Any = jnp.float32) 
     Args:
         config: The base model's shape.
         spec: Rank, seed, alpha and which groups of weights get adapters.
-        dtype: Adapter dtype (float32 by default).
+        dtype: Adapter dtype (float32 by default; keep float32 for mixed precision: the
+            projections cast it to the base's dtype, gradients and AdamW state stay float32).
+        mesh: A ``("fsdp", "tp")`` mesh to shard the adapter over (see
+            `sharding.lora_shardings`), or None.
 
     Returns:
         The new `Lora` (scale ``spec.alpha / spec.rank``).
@@ -123,7 +127,12 @@ def init_lora(config: ModelConfig, spec: LoraSpec, *, dtype: Any = jnp.float32) 
         names += list(MLP_WEIGHTS)
     weights = _init_weights_jit(config, tuple(names), spec.train_unembed, spec.rank,
                                 _seed_key_data(spec.seed), np.dtype(dtype))
-    return Lora(weights=weights, scale=spec.scale)
+    lora = Lora(weights=weights, scale=spec.scale)
+    if mesh is not None:
+        from .sharding import shard_lora
+
+        lora = shard_lora(lora, mesh)
+    return lora
 
 
 def _init_weights_impl(config: ModelConfig, names: tuple[str, ...], unembed: bool, rank: int,
@@ -191,32 +200,37 @@ def merge_lora(base: Params, lora: Lora | None) -> Params:
     out = dict(base)
     layers = dict(base["layers"])
     for name, ad in lora.weights.get("layers", {}).items():
-        layers[name] = layers[name] + _delta(ad, lora.scale).astype(layers[name].dtype)
+        layers[name] = _add_delta(layers[name], ad, lora.scale)
     out["layers"] = layers
     if "unembed" in lora.weights:
-        u = unembed_matrix(base)
-        out["unembed"] = u + _delta(lora.weights["unembed"], lora.scale).astype(u.dtype)
+        out["unembed"] = _add_delta(unembed_matrix(base), lora.weights["unembed"], lora.scale)
     return out
+
+
+def _add_delta(w: jax.Array, adapter: Mapping[str, jax.Array], scale: float) -> jax.Array:
+    """``w + scale * a @ b``, summed in float32 and rounded once to ``w``'s dtype."""
+    return (w.astype(jnp.float32) + _delta(adapter, scale).astype(jnp.float32)).astype(w.dtype)
 
 
 def _merge_for_decoding(base: Params, lora: Lora | None) -> DecodeWeights:
     merged = merge_lora(base, lora)
     L = merged["layers"]["wq"].shape[0]
-    as_f32 = {k: v.astype(jnp.float32) for k, v in merged["layers"].items()}
-    layers = [{k: v[i] for k, v in as_f32.items()} for i in range(L)]
+    layers = [{k: v[i] for k, v in merged["layers"].items()} for i in range(L)]
     return DecodeWeights(
-        embed=merged["embed"].astype(jnp.float32),
+        embed=merged["embed"],
         layers=layers,
-        final_norm=merged["final_norm"].astype(jnp.float32),
-        unembed=unembed_matrix(merged).astype(jnp.float32),
+        final_norm=merged["final_norm"],
+        unembed=unembed_matrix(merged),
     )
 
 
 merge_for_decoding = jax.jit(_merge_for_decoding)
-merge_for_decoding.__doc__ = """Per-layer float32 `DecodeWeights` with the adapter merged in.
+merge_for_decoding.__doc__ = """Per-layer `DecodeWeights` (in the base's dtype) with the adapter
+merged in.
 
-Jitted (one compile per base shape and adapter structure); the sampler calls it once per
-set of weights, so the decoding loop runs plain matmuls with no LoRA terms.
+Jitted (one compile per base shape and adapter structure); a ``"merged"`` sampler calls it
+once per set of weights, so its decoding loop runs plain matmuls with no LoRA terms. This is
+a full copy of the base: ``"shared"`` samplers (`decoder.SharedWeights`) avoid it.
 
 Example:
     >>> from tinkex_jax.local.model.config import ModelConfig
@@ -256,13 +270,14 @@ def lora_to_arrays(lora: Lora) -> dict[str, np.ndarray]:
 
 
 def lora_from_arrays(arrays: Mapping[str, Any], *, scale: float,
-                     config: ModelConfig | None = None) -> Lora:
+                     config: ModelConfig | None = None, mesh: Any = None) -> Lora:
     """Inverse of `lora_to_arrays`; checks shapes against `config` when given.
 
     Args:
         arrays: Flat ``{"layers.<name>.a"/"b", "unembed.a"/"b"}`` arrays.
         scale: ``alpha / rank`` of the adapter.
         config: The base model's shape, to validate the arrays against.
+        mesh: A mesh to shard the adapter over (see `sharding.lora_shardings`), or None.
 
     Returns:
         The `Lora` (float32 device arrays).
@@ -307,4 +322,9 @@ def lora_from_arrays(arrays: Mapping[str, Any], *, scale: float,
                               "load the adapter onto the base model it was trained on")
     if not weights:
         raise invalid("LoRA arrays", "at least one adapter", "<empty>")
-    return Lora(weights=weights, scale=scale)
+    lora = Lora(weights=weights, scale=scale)
+    if mesh is not None:
+        from .sharding import shard_lora
+
+        lora = shard_lora(lora, mesh)
+    return lora

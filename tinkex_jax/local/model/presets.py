@@ -28,11 +28,13 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 from tinkex_jax.errors import invalid
 
 from .config import ModelConfig
 from .hf import LoadedModel, load_checkpoint_files, load_hf_directory
+from .options import RunOptions
 from .tokenizer import BOS_ID, BYTE_VOCAB_SIZE, EOS_ID, PAD_ID
 
 __all__ = [
@@ -63,7 +65,7 @@ PRESET_CONFIGS: dict[str, ModelConfig] = {
 }
 """The preset shapes (what `pretrain` trains and the shipped config files describe)."""
 
-_CACHE: dict[str, LoadedModel] = {}
+_CACHE: dict[Any, LoadedModel] = {}
 _LOCK = threading.Lock()
 
 
@@ -84,15 +86,17 @@ def _bare(name: str) -> str:
 
 
 def load_preset(name: str, *, presets_dir: str | os.PathLike[str] | None = None,
-                ) -> LoadedModel:
+                dtype: Any = "auto", options: RunOptions | None = None) -> LoadedModel:
     """Loads a built-in preset (cached: every caller shares one frozen base).
 
     Args:
         name: ``"tinkex-jax/tiny"`` (or ``"tiny"``).
         presets_dir: Where the files live (default `PRESETS_DIR`); not cached when given.
+        dtype: Parameter dtype (see `hf.load_checkpoint_files`; ``"auto"``: float32 on CPU).
+        options: The model's `RunOptions`; the cache keeps one base per (dtype, options).
 
     Returns:
-        The `LoadedModel` (float32 parameters, byte tokenizer).
+        The `LoadedModel` (byte tokenizer).
 
     Raises:
         ValidationError: Unknown preset or missing files (the message lists the presets).
@@ -107,28 +111,39 @@ def load_preset(name: str, *, presets_dir: str | os.PathLike[str] | None = None,
         raise invalid("base_model", f"a preset among {sorted(PRESET_PREFIX + n for n in PRESET_CONFIGS)} "
                       "or a local Hugging Face directory", name)
     key = PRESET_PREFIX + bare
+    cache_key = _cache_key(key, dtype, options)
     if presets_dir is None:
         with _LOCK:
-            if key in _CACHE:
-                return _CACHE[key]
+            if cache_key in _CACHE:
+                return _CACHE[cache_key]
     weights = root / f"{bare}.safetensors"
     config = root / f"{bare}.config.json"
     if not weights.exists() or not config.exists():
         raise invalid(f"preset {key!r}", f"files {config.name} and {weights.name} in {root}",
                       "<missing>", "run `python scripts/pretrain_presets.py` to build them")
     loaded = load_checkpoint_files(config, [weights], root / f"{bare}.tokenizer.json",
-                                   name=key)
+                                   name=key, dtype=dtype, options=options)
     if presets_dir is None:
         with _LOCK:
-            loaded = _CACHE.setdefault(key, loaded)
+            loaded = _CACHE.setdefault(cache_key, loaded)
     return loaded
 
 
-def resolve_base_model(name_or_path: str) -> LoadedModel:
+def _cache_key(name: str, dtype: Any, options: RunOptions | None) -> Any:
+    opts = options or RunOptions()
+    if opts == RunOptions() and isinstance(dtype, str) and dtype == "auto":
+        return name
+    return (name, str(dtype), opts)
+
+
+def resolve_base_model(name_or_path: str, *, dtype: Any = "auto",
+                       options: RunOptions | None = None) -> LoadedModel:
     """A preset name (``tinkex-jax/...``) or a local Hugging Face directory, loaded once.
 
     Args:
         name_or_path: ``"tinkex-jax/tiny"``, ``"tinkex-jax/small"``, or a directory path.
+        dtype: Parameter dtype (``"auto"``: float32 on CPU, the checkpoint's on GPU / TPU).
+        options: The model's `RunOptions` (remat, attention, micro-batching, mesh, ...).
 
     Returns:
         The `LoadedModel`; repeated calls with the same name return the same object.
@@ -141,16 +156,16 @@ def resolve_base_model(name_or_path: str) -> LoadedModel:
         'tinkex-jax/tiny'
     """
     if name_or_path.startswith(PRESET_PREFIX) or name_or_path in PRESET_CONFIGS:
-        return load_preset(name_or_path)
+        return load_preset(name_or_path, dtype=dtype, options=options)
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
         raise invalid("base_model", f"a preset among {preset_names()} or an existing local "
                       "Hugging Face model directory (downloads are not supported)",
                       name_or_path, "pass a preset name or the path of a downloaded model")
-    key = str(path.resolve())
+    key = _cache_key(str(path.resolve()), dtype, options)
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
-    loaded = load_hf_directory(path)
+    loaded = load_hf_directory(path, dtype=dtype, options=options)
     with _LOCK:
         return _CACHE.setdefault(key, loaded)

@@ -17,6 +17,9 @@ Everything the server calls for training lives here:
   ``torch.optim.AdamW`` (decoupled weight decay ``p *= 1 - lr * wd``; bias-corrected moments;
   ``eps`` added to ``sqrt(v_hat)``) and torch-style global-norm clipping only when
   ``grad_clip_norm > 0``. All six hyperparameters are traced per step.
+* The model's `RunOptions` (static) add micro-batching by a token budget inside one
+  compiled call (`micro_batches`) and, with a mesh, batches split over its data axis and
+  gradients / optimizer state sharded like the adapter (`tinkex_jax.local.model.sharding`).
 
 The functions are module-level ``jax.jit`` objects: compiled code is shared by every model and
 adapter with the same shapes.
@@ -57,6 +60,7 @@ from tinkex_jax.errors import invalid
 from .config import ModelConfig
 from .decoder import Params, target_logprobs
 from .lora import Lora
+from .options import RunOptions
 
 __all__ = [
     "ADAM_DEFAULTS",
@@ -73,6 +77,7 @@ __all__ = [
     "forward_backward",
     "init_optimizer",
     "make_batch",
+    "micro_batches",
     "optim_step",
     "optimizer_state_from_arrays",
     "optimizer_state_to_arrays",
@@ -107,13 +112,15 @@ ADAM_DEFAULTS: Mapping[str, float] = {
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class Model:
-    """A base model: its parameter pytree (data) and its `ModelConfig` (static).
+    """A base model: its parameter pytree (data), `ModelConfig` and `RunOptions` (static).
 
-    Passing a `Model` to a jitted function specialises the compiled code on the config.
+    Passing a `Model` to a jitted function specialises the compiled code on the config and
+    the options (remat, attention, logits chunking, micro-batching, mesh).
     """
 
     params: Params
     config: ModelConfig = field(metadata={"static": True})
+    options: RunOptions = field(default=RunOptions(), metadata={"static": True})
 
 
 @jax.tree_util.register_dataclass
@@ -318,7 +325,8 @@ def _as_f32_config(config: Mapping[str, Any]) -> dict[str, jax.Array]:
 def _loss_terms(model: Model, lora: Lora | None, batch: Batch,
                 per_token_loss: PerTokenLoss | None, loss_config: Mapping[str, jax.Array],
                 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    lp = target_logprobs(model.params, lora, batch.tokens, batch.targets, model.config)
+    lp = target_logprobs(model.params, lora, batch.tokens, batch.targets, model.config,
+                         model.options)
     mask = batch.mask
     expand = mask.reshape(mask.shape + (1,) * (lp.ndim - mask.ndim)) > 0
     lp = jnp.where(expand, lp, 0.0)
@@ -333,19 +341,109 @@ def _loss_terms(model: Model, lora: Lora | None, batch: Batch,
 def _forward_impl(model: Model, lora: Lora | None, batch: Batch,
                   per_token_loss: PerTokenLoss | None,
                   loss_config: Mapping[str, jax.Array]) -> ForwardOutput:
-    loss, (lp, per) = _loss_terms(model, lora, batch, per_token_loss, loss_config)
-    return ForwardOutput(lp, per, loss)
+    n = micro_batches(model, batch.tokens.shape)
+    if n == 1:
+        loss, (lp, per) = _loss_terms(model, lora, batch, per_token_loss, loss_config)
+        return ForwardOutput(lp, per, loss)
+
+    def body(total: jax.Array, micro: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        loss, outs = _loss_terms(model, lora, micro, per_token_loss, loss_config)
+        return total + loss, outs
+
+    loss, (lp, per) = jax.lax.scan(body, jnp.zeros((), jnp.float32), _split_micro(batch, n))
+    return ForwardOutput(_join_micro(lp), _join_micro(per), loss)
 
 
 def _forward_backward_impl(model: Model, lora: Lora, batch: Batch,
                            per_token_loss: PerTokenLoss,
                            loss_config: Mapping[str, jax.Array]) -> tuple[ForwardOutput, Lora]:
 
-    def objective(adapter: Lora) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        return _loss_terms(model, adapter, batch, per_token_loss, loss_config)
+    def objective(adapter: Lora, micro: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        return _loss_terms(model, adapter, micro, per_token_loss, loss_config)
 
-    (loss, (lp, per)), grads = jax.value_and_grad(objective, has_aux=True)(lora)
-    return ForwardOutput(lp, per, loss), grads
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    n = micro_batches(model, batch.tokens.shape)
+    if n == 1:
+        (loss, (lp, per)), grads = grad_fn(lora, batch)
+        return ForwardOutput(lp, per, loss), _constrain_lora(grads, model.options)
+
+    def body(carry: tuple[jax.Array, Lora], micro: Batch,
+             ) -> tuple[tuple[jax.Array, Lora], tuple[jax.Array, jax.Array]]:
+        total, acc = carry
+        (loss, outs), grads = grad_fn(lora, micro)
+        acc = jax.tree.map(jnp.add, acc, _constrain_lora(grads, model.options))
+        return (total + loss, acc), outs
+
+    zero = jax.tree.map(jnp.zeros_like, lora)
+    (loss, grads), (lp, per) = jax.lax.scan(
+        body, (jnp.zeros((), jnp.float32), _constrain_lora(zero, model.options)),
+        _split_micro(batch, n))
+    return ForwardOutput(_join_micro(lp), _join_micro(per), loss), grads
+
+
+def micro_batches(model: Model, shape: Sequence[int]) -> int:
+    """How many micro-batches a training call on a ``[B, T]`` batch is split into.
+
+    Each micro-batch holds at most ``model.options.token_budget`` tokens (``B' * T``, with
+    ``B'`` a divisor of ``B`` and a multiple of the mesh's data axis); 1 when the budget is
+    0 or the batch fits. A single sequence longer than the budget is never split.
+
+    Example:
+        >>> from tinkex_jax.local.model.options import RunOptions
+        >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2,
+        ...                   n_kv_heads=1, d_ff=16)
+        >>> m = Model({}, cfg, RunOptions(token_budget=64))
+        >>> micro_batches(m, (8, 16)), micro_batches(m, (2, 16)), micro_batches(m, (4, 128))
+        (2, 1, 4)
+    """
+    B, T = int(shape[0]), int(shape[1])
+    budget = model.options.token_budget
+    if not budget or budget >= B * T:
+        return 1
+    from .sharding import DATA_AXIS, mesh_shape
+
+    data = mesh_shape(model.options.mesh)[DATA_AXIS]
+    rows = max(1, budget // T)
+    for size in range(min(rows, B), 0, -1):
+        if B % size == 0 and size % data == 0:
+            return B // size
+    return 1 if B % data else B // data
+
+
+def _split_micro(batch: Batch, n: int) -> Batch:
+    """``[B, ...] -> [n, B/n, ...]``; micro-batch ``k`` holds rows ``k, n + k, 2n + k, ...``
+    so that each one keeps rows from every block of a data-sharded batch."""
+
+    def split(x: jax.Array) -> jax.Array:
+        return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
+
+    result: Batch = jax.tree.map(split, batch)
+    return result
+
+
+def _join_micro(x: jax.Array) -> jax.Array:
+    return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _constrain_lora(tree: Lora, options: RunOptions) -> Lora:
+    """Pins a LoRA-shaped tree (gradients) to the adapter's shardings on the mesh."""
+    if options.mesh is None:
+        return tree
+    from .sharding import lora_shardings
+
+    weights = jax.lax.with_sharding_constraint(
+        tree.weights, lora_shardings(tree.weights, options.mesh))
+    return Lora(weights=weights, scale=tree.scale)
+
+
+def _place_batch(model: Model, batch: Batch) -> Batch:
+    """Splits the batch over the mesh's data axis (padding rows as needed)."""
+    if model.options.mesh is None:
+        return batch
+    from .sharding import shard_batch
+
+    placed: Batch = shard_batch(batch, model.options.mesh)
+    return placed
 
 
 _forward_jit = jax.jit(_forward_impl, static_argnames=("per_token_loss",))
@@ -365,7 +463,9 @@ def forward(model: Model, lora: Lora | None, batch: Batch,
         loss_config: Loss hyperparameters (scalars; traced, so changes never recompile).
 
     Returns:
-        A `ForwardOutput` of device arrays.
+        A `ForwardOutput` of device arrays. With a mesh in ``model.options`` the batch rows
+        are padded to a multiple of the data axis, so outputs may have more (masked) rows
+        than the batch; `split_outputs` cuts them off.
 
     Example:
         >>> import numpy as np
@@ -377,7 +477,8 @@ def forward(model: Model, lora: Lora | None, batch: Batch,
         >>> forward(Model(init_params(cfg), cfg), None, batch).logprobs.shape
         (1, 16, 2)
     """
-    return _forward_jit(model, lora, batch, per_token_loss, _as_f32_config(loss_config or {}))
+    return _forward_jit(model, lora, _place_batch(model, batch), per_token_loss,
+                        _as_f32_config(loss_config or {}))
 
 
 def forward_backward(model: Model, lora: Lora, batch: Batch, per_token_loss: PerTokenLoss,
@@ -392,9 +493,14 @@ def forward_backward(model: Model, lora: Lora, batch: Batch, per_token_loss: Per
         per_token_loss: The loss (see `PerTokenLoss`).
         loss_config: Loss hyperparameters (traced).
 
+    With ``model.options.token_budget`` set, a batch over the budget is split into
+    micro-batches (`micro_batches`) whose gradients and losses are summed inside the same
+    compiled function: the results equal one pass over the whole batch (up to float
+    rounding) while activations are held for one micro-batch at a time.
+
     Returns:
-        ``(outputs, grads)``: a `ForwardOutput` and a `Lora`-shaped gradient, to be summed
-        with `accumulate` and applied with `optim_step`.
+        ``(outputs, grads)``: a `ForwardOutput` and a float32 `Lora`-shaped gradient, to be
+        summed with `accumulate` and applied with `optim_step`.
 
     Example:
         >>> import numpy as np
@@ -410,7 +516,7 @@ def forward_backward(model: Model, lora: Lora, batch: Batch, per_token_loss: Per
         >>> g.weights["layers"]["wq"]["b"].shape
         (1, 2, 8)
     """
-    return _forward_backward_jit(model, lora, batch, per_token_loss,
+    return _forward_backward_jit(model, lora, _place_batch(model, batch), per_token_loss,
                                  _as_f32_config(loss_config or {}))
 
 
@@ -452,6 +558,9 @@ _ADAMW = optax.inject_hyperparams(optax.adamw)(
 def init_optimizer(lora: Lora) -> OptState:
     """Fresh AdamW state (zero moments, step 0) for an adapter.
 
+    The moments have the adapter's dtype (float32) and, when the adapter is sharded over a
+    mesh, the shardings of the leaves they track (`sharding.optimizer_shardings`).
+
     Example:
         >>> import jax.numpy as jnp
         >>> state = init_optimizer(Lora({"unembed": {"a": jnp.ones((2, 1)),
@@ -459,7 +568,23 @@ def init_optimizer(lora: Lora) -> OptState:
         >>> int(state.count)
         0
     """
-    return _ADAMW.init(lora.weights)
+    state = _ADAMW.init(lora.weights)
+    mesh = _mesh_of(lora.weights)
+    if mesh is not None:
+        from .sharding import optimizer_shardings
+
+        state = jax.device_put(state, optimizer_shardings(state, lora.weights, mesh))
+    return state
+
+
+def _mesh_of(tree: Any) -> Any:
+    """The mesh a tree's arrays are sharded over (None for single-device arrays)."""
+    for leaf in jax.tree.leaves(tree):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.size > 1:
+            return sharding.mesh
+        return None
+    return None
 
 
 def _optim_step_impl(lora: Lora, state: OptState, grads: Lora,
@@ -492,6 +617,23 @@ def _optim_step_impl(lora: Lora, state: OptState, grads: Lora,
 
 
 _optim_step_jit = jax.jit(_optim_step_impl, donate_argnums=(1, 2))
+
+
+def _optim_step_sharded_impl(lora: Lora, state: OptState, grads: Lora,
+                             hp: Mapping[str, jax.Array], mesh: Any,
+                             ) -> tuple[Lora, OptState, dict[str, jax.Array]]:
+    from .sharding import lora_shardings, optimizer_shardings
+
+    new, new_state, metrics = _optim_step_impl(lora, state, grads, hp)
+    weights = jax.lax.with_sharding_constraint(new.weights,
+                                               lora_shardings(new.weights, mesh))
+    new_state = jax.lax.with_sharding_constraint(
+        new_state, optimizer_shardings(new_state, new.weights, mesh))
+    return Lora(weights=weights, scale=new.scale), new_state, metrics
+
+
+_optim_step_sharded_jit = jax.jit(_optim_step_sharded_impl, static_argnames=("mesh",),
+                                  donate_argnums=(1, 2))
 
 
 def optim_step(lora: Lora, state: OptState, grads: Lora,
@@ -534,6 +676,9 @@ def optim_step(lora: Lora, state: OptState, grads: Lora,
     if unknown:
         raise invalid("AdamParams", f"keys among {sorted(ADAM_DEFAULTS)}", unknown)
     hp = {k: jnp.asarray(given.get(k, v), jnp.float32) for k, v in ADAM_DEFAULTS.items()}
+    mesh = _mesh_of(lora.weights)
+    if mesh is not None:  # keep the adapter's and the moments' shardings across steps
+        return _optim_step_sharded_jit(lora, state, grads, hp, mesh=mesh)
     return _optim_step_jit(lora, state, grads, hp)
 
 
@@ -587,5 +732,5 @@ def optimizer_state_from_arrays(arrays: Mapping[str, Any], lora: Lora) -> OptSta
         if value.shape != leaf.shape:
             raise invalid(f"optimizer state[{key!r}]", f"shape {tuple(leaf.shape)}",
                           f"<shape {value.shape}>")
-        leaves.append(jnp.asarray(value, leaf.dtype))
+        leaves.append(jax.device_put(value.astype(leaf.dtype), leaf.sharding))
     return jax.tree_util.tree_unflatten(treedef, leaves)

@@ -52,8 +52,11 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -63,8 +66,20 @@ import numpy as np
 from tinkex_jax.errors import invalid
 
 from .config import ModelConfig
-from .decoder import DecodeWeights, KVCache, decode_step, prefill
+from .decoder import (
+    DecodeSource,
+    KVCache,
+    Params,
+    SharedWeights,
+    decode_logits,
+    decode_step,
+    logits_chunk_rows,
+    map_row_chunks,
+    prefill,
+    unstack_layers,
+)
 from .lora import Lora, _seed_key_data, merge_for_decoding
+from .options import RunOptions, resolve_sampler_weights
 from .runtime import DEFAULT_BUCKETS, Buckets, Model
 
 __all__ = [
@@ -73,6 +88,7 @@ __all__ = [
     "Sampler",
     "StopReason",
     "find_stop_string",
+    "shared_decode_base",
 ]
 
 StopReason = Literal["stop", "length"]
@@ -116,26 +132,42 @@ class SampleResult:
 # --------------------------------------------------------------------------------------------
 
 
-def _prefill_impl(weights: DecodeWeights, tokens: jax.Array, cache_len: int,
-                  config: ModelConfig) -> tuple[jax.Array, KVCache]:
-    return prefill(weights, tokens, cache_len, config)
+def _prefill_impl(weights: DecodeSource, tokens: jax.Array, cache_len: int,
+                  config: ModelConfig, options: RunOptions) -> tuple[jax.Array, KVCache]:
+    return prefill(weights, tokens, cache_len, config, options)
 
 
-_prefill_jit = jax.jit(_prefill_impl, static_argnames=("cache_len", "config"))
+_prefill_jit = jax.jit(_prefill_impl, static_argnames=("cache_len", "config", "options"))
 
 
-def _prompt_scores_impl(unembed: jax.Array, hidden: jax.Array, targets: jax.Array,
-                        k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    logp = jax.nn.log_softmax((hidden @ unembed).astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(logp, targets[:, None], axis=-1)[:, 0]
-    if k == 0:
-        return picked, jnp.zeros((hidden.shape[0], 0), jnp.float32), jnp.zeros(
-            (hidden.shape[0], 0), jnp.int32)
-    top_lp, top_ids = jax.lax.top_k(logp, k)
-    return picked, top_lp, top_ids.astype(jnp.int32)
+def _prompt_scores_impl(weights: DecodeSource, hidden: jax.Array, targets: jax.Array,
+                        k: int, chunk: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+
+    def scores(h: jax.Array, tgt: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        logp = jax.nn.log_softmax(decode_logits(weights, h), axis=-1)
+        picked = jnp.take_along_axis(logp, tgt[:, None], axis=-1)[:, 0]
+        if k == 0:
+            return picked, jnp.zeros((h.shape[0], 0), jnp.float32), jnp.zeros(
+                (h.shape[0], 0), jnp.int32)
+        top_lp, top_ids = jax.lax.top_k(logp, k)
+        return picked, top_lp, top_ids.astype(jnp.int32)
+
+    result: tuple[jax.Array, jax.Array, jax.Array] = map_row_chunks(
+        scores, [hidden, targets], chunk)
+    return result
 
 
-_prompt_scores_jit = jax.jit(_prompt_scores_impl, static_argnames=("k",))
+_prompt_scores_jit = jax.jit(_prompt_scores_impl, static_argnames=("k", "chunk"))
+
+
+def _table_impl(weights: DecodeSource, tokens: jax.Array, config: ModelConfig,
+                options: RunOptions) -> jax.Array:
+    length = tokens.shape[1]
+    hidden, _ = prefill(weights, tokens, length, config, options)
+    return jax.nn.log_softmax(decode_logits(weights, hidden), axis=-1)
+
+
+_table_jit = jax.jit(_table_impl, static_argnames=("config", "options"))
 
 
 def _start_impl(cache1: KVCache, prompt_row: jax.Array, key_data: jax.Array,
@@ -202,7 +234,7 @@ def _choose(logits: jax.Array, keys: jax.Array, pos: jax.Array,
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
 
-def _decode_impl(weights: DecodeWeights, cache: KVCache, state: dict[str, jax.Array],
+def _decode_impl(weights: DecodeSource, cache: KVCache, state: dict[str, jax.Array],
                  pos: jax.Array, n_steps: jax.Array, params: dict[str, jax.Array],
                  config: ModelConfig) -> tuple[KVCache, dict[str, jax.Array], jax.Array]:
     S = state["tokens"].shape[1]
@@ -267,6 +299,49 @@ def find_stop_string(tokens: Sequence[int], stops: Sequence[str],
     return hi
 
 
+_SHARED_BASES: dict[int, tuple[weakref.ref[Any], dict[str, Any]]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _forget(key: int, cache: dict[int, Any], _ref: Any) -> None:
+    cache.pop(key, None)
+
+
+def shared_decode_base(params: Params) -> dict[str, Any]:
+    """The per-layer form of a base that every ``"shared"`` sampler of it reads.
+
+    Built once per base parameter tree (`decoder.unstack_layers`) and kept while the base's
+    embedding array is alive; embedding, final norm and unembedding are the base's own
+    arrays (not copied).
+
+    Example:
+        >>> from tinkex_jax.local.model.config import ModelConfig
+        >>> from tinkex_jax.local.model.decoder import init_params
+        >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=2, n_heads=2,
+        ...                   n_kv_heads=1, d_ff=16)
+        >>> params = init_params(cfg)
+        >>> view = shared_decode_base(params)
+        >>> view is shared_decode_base(params), view["embed"] is params["embed"]
+        (True, True)
+    """
+    embed = params["embed"]
+    key = id(embed)
+    with _SHARED_LOCK:
+        entry = _SHARED_BASES.get(key)
+        if entry is not None and entry[0]() is embed:
+            return entry[1]
+    view: dict[str, Any] = {"embed": embed, "layers": unstack_layers(params["layers"]),
+                            "final_norm": params["final_norm"]}
+    if "unembed" in params:
+        view["unembed"] = params["unembed"]
+    with _SHARED_LOCK:
+        entry = _SHARED_BASES.get(key)
+        if entry is not None and entry[0]() is embed:
+            return entry[1]
+        _SHARED_BASES[key] = (weakref.ref(embed, partial(_forget, key, _SHARED_BASES)), view)
+    return view
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
@@ -274,9 +349,15 @@ def _pow2(n: int) -> int:
 class Sampler:
     """Samples from one frozen set of weights (a base model, optionally with an adapter).
 
-    The adapter is merged into per-layer float32 weights once, when the sampler is built;
-    later updates of the training adapter do not affect it (a snapshot). Keep one `Sampler`
-    per sampling session.
+    The sampler holds a snapshot of the adapter (later updates of the training adapter do not
+    affect it); keep one `Sampler` per sampling session. How it holds the weights follows
+    ``model.options.sampler_weights``: ``"merged"`` folds the adapter into a per-layer copy
+    of the base once (fastest per token; one full copy per sampler); ``"shared"`` reads one
+    per-layer copy of the base shared by every sampler of that base (`shared_decode_base`)
+    and applies the adapter on the fly; ``"stacked"`` reads the trainer's stacked arrays
+    directly (no copy at all; slower per token). ``"auto"`` merges for bases under 256 MiB
+    and shares larger ones. Weights and KV cache are in the base's dtype; logits and
+    logprobs in float32.
 
     Args:
         model: The base model.
@@ -299,9 +380,38 @@ class Sampler:
     def __init__(self, model: Model, lora: Lora | None = None, *,
                  buckets: Buckets = DEFAULT_BUCKETS, tokenizer: Any = None) -> None:
         self.config = model.config
+        self.options = model.options
         self.buckets = buckets
         self.tokenizer = tokenizer
-        self.weights: DecodeWeights = merge_for_decoding(model.params, lora)
+        base_bytes = sum(int(x.nbytes) for x in jax.tree.leaves(model.params))
+        self.mode = resolve_sampler_weights(model.options, base_bytes)
+        self.weights: DecodeSource
+        if self.mode == "merged":
+            self.weights = merge_for_decoding(model.params, lora)
+        else:
+            base = model.params if self.mode == "stacked" else shared_decode_base(model.params)
+            self.weights = SharedWeights(base, None if lora is None else lora.weights,
+                                         1.0 if lora is None else lora.scale)
+        self.dtype = model.params["embed"].dtype
+
+    def logprob_table(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Next-token log-softmax after every position of `tokens`: ``[T, V]`` float32.
+
+        Example:
+            >>> from tinkex_jax.local.model.config import ModelConfig
+            >>> from tinkex_jax.local.model.decoder import init_params
+            >>> from tinkex_jax.local.model.runtime import Model
+            >>> cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2,
+            ...                   n_kv_heads=1, d_ff=16)
+            >>> Sampler(Model(init_params(cfg), cfg)).logprob_table([1, 2, 3]).shape
+            (3, 16)
+        """
+        toks = np.asarray(tokens, np.int32).reshape(-1)
+        n = int(toks.size)
+        padded = np.zeros((1, self.buckets.seq(n)), np.int32)
+        padded[0, :n] = toks
+        table = _table_jit(self.weights, padded, config=self.config, options=self.options)
+        return np.asarray(table)[:n]
 
     def prompt_scores(self, prompt: Sequence[int], *, topk: int = 0,
                       ) -> tuple[list[float], list[list[tuple[int, float]] | None] | None]:
@@ -411,10 +521,11 @@ class Sampler:
             pb = self.buckets.seq(P - 1)
             ptoks = np.zeros((1, pb), np.int32)
             ptoks[0, :P - 1] = toks[:-1]
-            hidden, cache1 = _prefill_jit(self.weights, ptoks, cache_len=S, config=cfg)
+            hidden, cache1 = _prefill_jit(self.weights, ptoks, cache_len=S, config=cfg,
+                                          options=self.options)
         else:
             shape = (1, cfg.n_kv_heads, S, cfg.head_size)
-            cache1 = [(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
+            cache1 = [(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
                       for _ in range(cfg.n_layers)]
 
         plp: list[float] | None = None
@@ -498,8 +609,9 @@ class Sampler:
         targets = np.zeros((pb,), np.int32)
         targets[:P - 1] = toks[1:]
         k = min(_pow2(topk), self.config.vocab_size) if topk else 0
+        chunk = logits_chunk_rows(self.config.vocab_size, self.options)
         picked, top_lp, top_ids = jax.device_get(
-            _prompt_scores_jit(self.weights["unembed"], hidden, targets, k=k))
+            _prompt_scores_jit(self.weights, hidden, targets, k=k, chunk=chunk))
         lp += [float(x) for x in picked[:P - 1]]
         if top is not None:
             kk = min(topk, self.config.vocab_size)
