@@ -10,7 +10,7 @@ import pytest
 import tinkex_jax.local.model as model_pkg
 
 MODULES = ["config", "decoder", "lora", "runtime", "sampler", "tokenizer", "hf", "presets",
-           "tasks", "pretrain", "options", "sharding", "__init__"]
+           "tasks", "pretrain", "options", "sharding", "plan", "__init__"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -26,6 +26,6 @@ def test_public_surface_is_sorted_and_complete():
     assert model_pkg.__all__ == sorted(model_pkg.__all__)
     public = {n for n in dir(model_pkg) if not n.startswith("_")}
     modules = {"config", "decoder", "lora", "runtime", "sampler", "tokenizer", "hf", "presets",
-               "tasks", "pretrain", "options", "sharding"}
+               "tasks", "pretrain", "options", "sharding", "plan"}
     assert set(model_pkg.__all__) <= public
     assert public - set(model_pkg.__all__) - modules == set()

@@ -95,6 +95,12 @@ SCRIPT = textwrap.dedent('''
                                                                ref_samples[mode][2])))),
             } for mode in samples},
         }
+    from tinkex_jax.local.model.plan import plan_memory
+    one = plan_memory(CFG, seq_len=64, batch=4, rank=4)
+    four = plan_memory(CFG, seq_len=64, batch=4, rank=4, mesh={"fsdp": 4})
+    report["plan"] = {"params_ratio": one.params_bytes_per_device / four.params_bytes_per_device,
+                      "train_ratio": one.train_peak_bytes_per_device
+                      / four.train_peak_bytes_per_device, "mesh": four.mesh}
     print(json.dumps(report))
 ''')
 
@@ -126,6 +132,14 @@ def test_sharded_training_and_sampling_match_one_device(report, name):
 @pytest.mark.slow
 def test_tensor_parallel_axis_splits_the_output_side(report):
     assert report["fsdp2_tp2"]["wq_spec"] == "P(None, 'fsdp', 'tp')"
+
+
+@pytest.mark.slow
+def test_plans_on_a_mesh_are_per_device(report):
+    plan = report["plan"]
+    assert plan["mesh"] == {"fsdp": 4, "tp": 1}
+    assert 3.5 < plan["params_ratio"] <= 4.0   # norms are replicated, matrices split in four
+    assert plan["train_ratio"] > 2.0           # activations and weights split over the data axis
 
 
 def test_mesh_helpers_check_their_input():

@@ -13,6 +13,8 @@
   micro-batching, sampler weights and the device mesh of a `Model`.
 * `make_mesh`, `shard_params`, `shard_lora`, ... (``sharding``): ``("fsdp", "tp")`` meshes and
   the shardings of weights, adapters, optimizer state and batches.
+* `plan_memory`, `MemoryPlan` (``plan``): per-device peak memory from compiled programs,
+  without loading weights.
 
 Example:
     >>> from tinkex_jax.local.model import LoraSpec, Sampler, init_lora, load_preset
@@ -44,6 +46,7 @@ from .lora import (
     merge_lora,
 )
 from .options import RunOptions
+from .plan import MemoryPlan, plan_memory
 from .presets import PRESET_CONFIGS, load_preset, preset_names, resolve_base_model
 from .runtime import (
     ADAM_DEFAULTS,
@@ -92,6 +95,7 @@ __all__ = [
     "LoadedModel",
     "Lora",
     "LoraSpec",
+    "MemoryPlan",
     "Model",
     "ModelConfig",
     "OptState",
@@ -131,6 +135,7 @@ __all__ = [
     "params_from_hf",
     "params_to_hf",
     "parse_mesh",
+    "plan_memory",
     "preset_names",
     "resolve_base_model",
     "save_hf_directory",
