@@ -36,8 +36,8 @@ from ._backend import (
 )
 from ._errors import UserError
 from ._peft import write_peft_adapter
-from .model import decoder, lora, runtime
-from .model.config import LoraSpec, ModelConfig
+from .model import lora, runtime
+from .model.config import LoraSpec
 from .model.hf import LoadedModel
 from .model.sampler import Sampler
 
@@ -50,17 +50,6 @@ def _default_loader(name: str) -> LoadedModel:
     from .model.presets import resolve_base_model
 
     return resolve_base_model(name)
-
-
-def _table_impl(weights: decoder.DecodeWeights, tokens: jax.Array, config: ModelConfig
-                ) -> jax.Array:
-    length = tokens.shape[1]
-    hidden, _ = decoder.prefill(weights, tokens, length, config)
-    logits = (hidden @ weights["unembed"]).astype(jnp.float32)
-    return jax.nn.log_softmax(logits, axis=-1)
-
-
-_table_jit = jax.jit(_table_impl, static_argnames=("config",))
 
 
 class JaxBackend:
@@ -207,12 +196,9 @@ class JaxBackend:
         return SampleOutcome(rows=rows, prompt_logprobs=plp, topk_prompt=topk)
 
     def logprob_table(self, handle: Sampler, tokens: np.ndarray) -> np.ndarray:
-        """Next-token log-softmax after every position of `tokens`: ``[T, V]``."""
-        n = int(tokens.size)
-        padded = np.zeros((1, self._buckets.seq(n)), np.int32)
-        padded[0, :n] = tokens
-        table = _table_jit(handle.weights, padded, config=handle.config)
-        return np.asarray(table)[:n]
+        """Next-token log-softmax after every position of `tokens`: ``[T, V]`` (the
+        sampler's own computation, whatever way it holds its weights)."""
+        return handle.logprob_table(tokens)
 
     # ------------------------------------------------------------------ (de)serialisation
 

@@ -8,8 +8,7 @@ import jax
 import numpy as np
 import pytest
 import tokenizers
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from model_testlib import jit_logits
 from safetensors.numpy import save_file
 
