@@ -241,7 +241,8 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
     async def healthz(request: Request) -> Any:
         if not state["ready"]:
             return json_response({"status": "starting"}, 503)
-        return {"status": "ok"}
+        topology = getattr(engine.core.backend, "topology", None)  # devices, mesh, platform
+        return {"status": "ok", **(topology() if callable(topology) else {})}
 
     async def client_config(request: Request) -> Any:
         return info.client_config(config)

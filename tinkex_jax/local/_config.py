@@ -83,6 +83,23 @@ class ServerConfig:
             Gaussian noise added to the logprob of every sampled token as the sampler
             reports (and records) it, simulating a sampler whose numerics differ from
             training's. The tokens are sampled as before.
+        dtype: Base-parameter dtype: ``"auto"`` (float32 on CPU, the checkpoint's, usually
+            bfloat16, on GPU and TPU), ``"checkpoint"``, ``"float32"``, ``"bfloat16"`` or
+            ``"float16"``. Adapters, gradients, optimizer state, logprobs and losses stay
+            float32 (docs/local-backend.md, "Accelerators and memory").
+        mesh: Device mesh as ``"fsdp=N,tp=M"`` (the ``fsdp`` axis splits batches and
+            parameters, ``tp`` splits heads, MLP width and vocabulary); None: every visible
+            device on ``fsdp`` when there are several, one device otherwise.
+        remat: Per-layer rematerialisation: ``"auto"`` (on from 100 M base parameters),
+            ``"off"``, ``"full"``, ``"dots"``.
+        attention: ``"auto"``, ``"dense"``, ``"chunked"`` or ``"cudnn"`` (GPU, bf16/fp16).
+        token_budget: Most tokens per micro-batch of one training call (gradients of the
+            micro-batches are summed in the same step); 0: no splitting.
+        sampler_weights: How samplers hold weights: ``"auto"``, ``"merged"`` (a copy per
+            sampler), ``"shared"`` (one copy of the base, LoRA on the fly), ``"stacked"``.
+        compilation_cache: JAX's persistent compilation cache: None for
+            ``$JAX_COMPILATION_CACHE_DIR`` if set, else ``<data_dir>/compilation-cache``; a
+            directory; or ``"off"``.
 
     Example:
         >>> cfg = ServerConfig(data_dir=Path("/tmp/x"), port=0)
@@ -114,10 +131,18 @@ class ServerConfig:
     stability_record_ttl_s: float = 86_400.0
     stability_max_tokens: int = 16_000_000
     sampler_logprob_noise: float = 0.0
+    dtype: str = "auto"
+    mesh: str | None = None
+    remat: str = "auto"
+    attention: str = "auto"
+    token_budget: int = 0
+    sampler_weights: str = "auto"
+    compilation_cache: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "base_models", tuple(self.base_models))
+        self._check_accelerator_settings()
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise invalid("ServerConfig.port", "an int in [0, 65535] (0 = any free port)",
                           self.port)
@@ -157,6 +182,30 @@ class ServerConfig:
         if not self.base_models:
             raise invalid("ServerConfig.base_models", "at least one base model", [],
                           f"e.g. {list(DEFAULT_BASE_MODELS)}")
+
+    def _check_accelerator_settings(self) -> None:
+        dtypes = ("auto", "checkpoint", "float32", "bfloat16", "float16")
+        if self.dtype not in dtypes:
+            raise invalid("ServerConfig.dtype", f"one of {dtypes}", self.dtype,
+                          "'auto' is float32 on CPU and the checkpoint's dtype on GPU / TPU")
+        if self.compilation_cache is not None and (
+                not isinstance(self.compilation_cache, str) or not self.compilation_cache):
+            raise invalid("ServerConfig.compilation_cache", "None, a directory or 'off'",
+                          self.compilation_cache)
+        if self.mesh is not None:
+            if not isinstance(self.mesh, str):
+                raise invalid("ServerConfig.mesh", "None or a string like 'fsdp=4,tp=2'",
+                              self.mesh)
+            from .model.sharding import parse_mesh
+
+            parse_mesh(self.mesh)
+        if (self.remat, self.attention, self.sampler_weights, self.token_budget) != (
+                "auto", "auto", "auto", 0):
+            from .model.options import RunOptions
+
+            RunOptions(remat=self.remat, attention=self.attention,  # type: ignore[arg-type]
+                       sampler_weights=self.sampler_weights,  # type: ignore[arg-type]
+                       token_budget=self.token_budget)
 
     def replace(self, **changes: object) -> ServerConfig:
         """A copy with some fields changed."""

@@ -7,23 +7,37 @@ the KV-cache `Sampler`. The only computation added here is `logprob_table` (the 
 next-token distribution over a sequence, for ``target_prompt_logprobs``, prompt alternative
 tokens and top-k sampled logprobs), jitted per length bucket.
 
+How the server runs on the hardware comes from its `ServerConfig` (`JaxBackend.from_config`):
+the base dtype (``dtype``), the model layer's `RunOptions` (``remat``, ``attention``,
+``token_budget``, ``sampler_weights``) and the device mesh (``mesh``: every visible device on
+the ``fsdp`` axis when there are several, none on one device). Adapters are made on the base's
+mesh, so training, the optimizer and samplers follow their sharding. JAX's persistent
+compilation cache goes under the data directory unless ``JAX_COMPILATION_CACHE_DIR`` says
+otherwise or the config turns it off (`configure_compilation_cache`).
+
 Example:
-    >>> backend = JaxBackend()                       # doctest: +SKIP
-    >>> backend.base_model("tinkex-jax/tiny").vocab_size  # doctest: +SKIP
+    >>> backend = JaxBackend()
+    >>> backend.topology()["devices"], backend.topology()["mesh"]
+    (1, {'fsdp': 1, 'tp': 1})
+    >>> backend.base_model("tinkex-jax/tiny").vocab_size
     259
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import invalid
 from ..types import AdamParams
 from ._backend import (
     AdapterSpec,
@@ -39,17 +53,125 @@ from ._peft import write_peft_adapter
 from .model import lora, runtime
 from .model.config import LoraSpec
 from .model.hf import LoadedModel
+from .model.options import RunOptions, platform_of
 from .model.sampler import Sampler
+from .model.sharding import DATA_AXIS, TP_AXIS, make_mesh, mesh_shape, parse_mesh
 
-__all__ = ["JaxBackend", "Loader"]
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
+
+    from ._config import ServerConfig
+
+__all__ = ["COMPILATION_CACHE_DIR", "JaxBackend", "Loader", "configure_compilation_cache",
+           "run_options", "server_mesh"]
+
+_log = logging.getLogger("tinkex_jax.local")
 
 Loader = Callable[[str], LoadedModel]
 
+COMPILATION_CACHE_DIR = "compilation-cache"
+"""Folder of the data directory that holds JAX's persistent compilation cache by default."""
 
-def _default_loader(name: str) -> LoadedModel:
+
+def _default_loader(name: str, *, dtype: Any = "auto",
+                    options: RunOptions | None = None) -> LoadedModel:
     from .model.presets import resolve_base_model
 
-    return resolve_base_model(name)
+    return resolve_base_model(name, dtype=dtype, options=options)
+
+
+def server_mesh(spec: str | None, devices: Sequence[Any] | None = None) -> Mesh | None:
+    """The device mesh a server runs on, from a ``--mesh`` spec.
+
+    Args:
+        spec: ``"fsdp=4,tp=2"``-style axis sizes (see `parse_mesh`), or None / ``""`` for
+            the default: every device on the ``fsdp`` axis. A mesh of fewer devices than
+            are visible uses the first ones.
+        devices: The devices to use (default ``jax.devices()``).
+
+    Returns:
+        The mesh, or None when it would have one device (the unsharded code path).
+
+    Raises:
+        ValidationError: Bad axis sizes, or more devices than are visible.
+
+    Example:
+        >>> server_mesh(None) is None, server_mesh("fsdp=1,tp=1") is None  # one CPU device
+        (True, True)
+        >>> server_mesh("fsdp=2")
+        Traceback (most recent call last):
+        ...
+        tinkex_jax.ValidationError: mesh: expected at most the 1 visible cpu device(s), got \
+{'fsdp': 2}. Fix: use fewer devices, or on CPU simulate more: start the process with \
+XLA_FLAGS=--xla_force_host_platform_device_count=2
+    """
+    devs = list(jax.devices() if devices is None else devices)
+    sizes = parse_mesh(spec or "")
+    tp = sizes.get(TP_AXIS, 1)
+    fsdp = sizes.get(DATA_AXIS)
+    count = len(devs) if fsdp is None else fsdp * tp
+    if count > len(devs):
+        platform = devs[0].platform if devs else "?"
+        raise invalid("mesh", f"at most the {len(devs)} visible {platform} device(s)", sizes,
+                      "use fewer devices, or on CPU simulate more: start the process with "
+                      f"XLA_FLAGS=--xla_force_host_platform_device_count={count}")
+    if count == 1:
+        return None
+    return make_mesh(None if fsdp is None else fsdp, tp, devs[:count])
+
+
+def run_options(config: ServerConfig) -> RunOptions:
+    """The model layer's `RunOptions` for a server's settings (its mesh: `server_mesh`).
+
+    Example:
+        >>> from tinkex_jax.local import ServerConfig
+        >>> run_options(ServerConfig(data_dir=Path("unused"), remat="off")).remat
+        'off'
+    """
+    return RunOptions(remat=config.remat,  # type: ignore[arg-type]
+                      attention=config.attention,  # type: ignore[arg-type]
+                      token_budget=config.token_budget,
+                      sampler_weights=config.sampler_weights,  # type: ignore[arg-type]
+                      mesh=server_mesh(config.mesh))
+
+
+def configure_compilation_cache(config: ServerConfig) -> str | None:
+    """Point JAX's persistent compilation cache where the server's settings say.
+
+    ``config.compilation_cache``: None (the default) means ``$JAX_COMPILATION_CACHE_DIR``
+    when it is set, else ``<data_dir>/compilation-cache``; ``"off"`` turns the cache off;
+    anything else is a directory. Compiled programs then survive restarts (a real model's
+    training step can take minutes to compile). Process-wide: the last server started
+    decides.
+
+    Returns:
+        The cache directory in use, or None when off.
+
+    Example:
+        >>> import tempfile
+        >>> from tinkex_jax.local import ServerConfig
+        >>> cfg = ServerConfig(data_dir=Path(tempfile.mkdtemp()), compilation_cache="off")
+        >>> configure_compilation_cache(cfg) is None
+        True
+    """
+    setting = config.compilation_cache
+    if setting == "off":
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    jax.config.update("jax_enable_compilation_cache", True)
+    env = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if setting is None and env:
+        path = Path(env)
+    else:
+        path = (Path(setting).expanduser() if setting is not None
+                else config.data_dir / COMPILATION_CACHE_DIR)
+    path.mkdir(parents=True, exist_ok=True)
+    if getattr(jax.config, "jax_compilation_cache_dir", None) != str(path):
+        from jax.experimental.compilation_cache import compilation_cache
+
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        compilation_cache.reset_cache()  # the next compile opens the cache at `path`
+    return str(path)
 
 
 class JaxBackend:
@@ -57,17 +179,61 @@ class JaxBackend:
 
     Args:
         loader: Loads a base model by name or path (default: the model layer's
-            ``resolve_base_model``: presets and local Hugging Face directories).
+            ``resolve_base_model``: presets and local Hugging Face directories, in `dtype`
+            with `options`).
         buckets: Shape buckets of the training runtime and the sampler.
+        dtype: Base-parameter dtype of the default loader: ``"auto"`` (float32 on CPU, the
+            checkpoint's elsewhere), ``"checkpoint"``, ``"float32"``, ``"bfloat16"``,
+            ``"float16"``.
+        options: `RunOptions` of the default loader (remat, attention, micro-batching,
+            sampler weights, mesh); default: the model layer's defaults on one device.
     """
 
     def __init__(self, loader: Loader | None = None,
-                 buckets: runtime.Buckets = runtime.DEFAULT_BUCKETS) -> None:
-        self._loader = loader or _default_loader
+                 buckets: runtime.Buckets = runtime.DEFAULT_BUCKETS, *,
+                 dtype: str = "auto", options: RunOptions | None = None) -> None:
+        self.options = options if options is not None else RunOptions()
+        self.dtype = dtype
+        self._loader = loader or functools.partial(_default_loader, dtype=dtype,
+                                                   options=self.options)
         self._buckets = buckets
         self._lock = threading.Lock()
         self._loaded: dict[str, LoadedModel] = {}
         self._base_samplers: dict[str, Sampler] = {}
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> JaxBackend:
+        """The backend a server with these settings runs: dtype, `run_options` (mesh
+        included) and the compilation cache (`configure_compilation_cache`).
+
+        Raises:
+            ValidationError: A mesh that does not fit the visible devices.
+
+        Example:
+            >>> import tempfile
+            >>> from tinkex_jax.local import ServerConfig
+            >>> cfg = ServerConfig(data_dir=Path(tempfile.mkdtemp()), dtype="float32",
+            ...                    remat="full")
+            >>> backend = JaxBackend.from_config(cfg)
+            >>> backend.dtype, backend.options.remat, backend.options.mesh is None
+            ('float32', 'full', True)
+        """
+        options = run_options(config)
+        cache = configure_compilation_cache(config)
+        backend = cls(dtype=config.dtype, options=options)
+        top = backend.topology()
+        _log.info("model layer: %d %s device(s), mesh %s, dtype %s, compilation cache %s",
+                  top["devices"], top["platform"],
+                  ",".join(f"{k}={v}" for k, v in top["mesh"].items()), config.dtype,
+                  cache or "off")
+        return backend
+
+    def topology(self) -> dict[str, Any]:
+        """What ``healthz`` reports about the hardware: ``devices`` (how many the models run
+        on), ``mesh`` (axis sizes) and ``platform``."""
+        mesh = self.options.mesh
+        return {"devices": 1 if mesh is None else int(mesh.size), "mesh": mesh_shape(mesh),
+                "platform": platform_of(self.options)}
 
     # ------------------------------------------------------------------ base models
 
@@ -108,8 +274,9 @@ class JaxBackend:
     # ------------------------------------------------------------------ training
 
     def init_adapter(self, base: str, spec: AdapterSpec) -> lora.Lora:
-        """A fresh adapter for `base`."""
-        return lora.init_lora(self._model(base).config, _lora_spec(spec))
+        """A fresh adapter for `base` (float32, on the base's mesh)."""
+        model = self._model(base)
+        return lora.init_lora(model.config, _lora_spec(spec), mesh=model.options.mesh)
 
     def init_optimizer(self, base: str, adapter: lora.Lora) -> Any:
         """Fresh AdamW state."""
@@ -208,9 +375,10 @@ class JaxBackend:
 
     def adapter_from_arrays(self, base: str, spec: AdapterSpec,
                             arrays: Mapping[str, np.ndarray]) -> lora.Lora:
-        """An adapter from flat arrays, shape-checked against the base."""
+        """An adapter from flat arrays, shape-checked against the base (on its mesh)."""
+        model = self._model(base)
         return lora.lora_from_arrays(arrays, scale=_lora_spec(spec).scale,
-                                     config=self._model(base).config)
+                                     config=model.config, mesh=model.options.mesh)
 
     def optimizer_to_arrays(self, opt_state: Any) -> dict[str, np.ndarray]:
         """Flat host arrays of the optimizer state (copies)."""

@@ -34,7 +34,7 @@ def build_app(config: ServerConfig, backend: Backend | None = None) -> Any:
         ...                              base_models=("tinkex-jax/tiny",)))
         >>> with TestClient(app) as client:
         ...     client.get("/api/v1/healthz").json()
-        {'status': 'ok'}
+        {'status': 'ok', 'devices': 1, 'mesh': {'fsdp': 1, 'tp': 1}, 'platform': 'cpu'}
     """
     from ._app import create_app
     from ._engine import Engine
@@ -42,7 +42,7 @@ def build_app(config: ServerConfig, backend: Backend | None = None) -> Any:
     if backend is None:
         from ._jax_backend import JaxBackend
 
-        backend = JaxBackend()
+        backend = JaxBackend.from_config(config)
     return create_app(Engine(config, backend))
 
 
@@ -140,7 +140,7 @@ class LocalServer:
         if backend is None:
             from ._jax_backend import JaxBackend
 
-            backend = JaxBackend()
+            backend = JaxBackend.from_config(self.config)
         # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only
         # when the socket says it is TCP; without it every response waits ~40 ms for a
         # delayed ACK (headers and body are separate writes).
@@ -214,8 +214,8 @@ def serve(data_dir: str | os.PathLike[str] | None = None, port: int = 0, *,
     Example:
         >>> import httpx
         >>> with serve(base_models=["tinkex-jax/tiny"], warm_up=False) as server:
-        ...     httpx.get(f"{server.base_url}/api/v1/healthz").json()
-        {'status': 'ok'}
+        ...     httpx.get(f"{server.base_url}/api/v1/healthz").json()["status"]
+        'ok'
 
         Point any Tinker client at it, e.g.
         ``tinker.ServiceClient(base_url=server.base_url, api_key=server.api_key)``.

@@ -316,9 +316,20 @@ class GetServerCapabilitiesResponse(WireStruct, frozen=True, kw_only=True):
 
 
 class HealthResponse(WireStruct, frozen=True, kw_only=True):
-    """Answer to ``healthz``."""
+    """Answer to ``healthz``.
+
+    Attributes:
+        status: ``"ok"`` once the server takes requests.
+        devices: How many accelerator devices the server's models run on (the local
+            backend; None from servers that do not say).
+        mesh: The device mesh's axis sizes, e.g. ``{"fsdp": 4, "tp": 2}`` (local backend).
+        platform: ``"cpu"``, ``"gpu"`` or ``"tpu"`` (local backend).
+    """
 
     status: str = "ok"
+    devices: int | None = None
+    mesh: dict[str, int] | None = None
+    platform: str | None = None
 
 
 # ----------------------------------------------------------------------------- sampling

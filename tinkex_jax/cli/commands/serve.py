@@ -22,7 +22,7 @@ import sys
 from ..command import Command
 from ..errors import guarded
 
-__all__ = ["COMMAND", "cmd_serve", "configure_serve"]
+__all__ = ["COMMAND", "add_accelerator_options", "cmd_serve", "configure_serve"]
 
 
 def configure_serve(parser: argparse.ArgumentParser) -> None:
@@ -59,11 +59,57 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
                         help="serve JWT auth (docs/protocol.md §1.3): clients exchange their "
                              "key at POST /api/v1/auth/token and send the JWT, as on JWT-mode "
                              "servers; `tinkex auth whoami` then answers")
+    add_accelerator_options(parser)
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"],
                         help="how much the server logs to stderr: start-up and notable events "
                              "at info, problems only at warning or above, details at debug "
                              "(default %(default)s)")
+
+
+def add_accelerator_options(parser: argparse.ArgumentParser) -> None:
+    """``--mesh``, ``--dtype``, ``--remat``, ``--attention``, ``--token-budget``,
+    ``--sampler-weights`` and ``--compilation-cache`` (docs/local-backend.md, "Accelerators
+    and memory")."""
+    group = parser.add_argument_group(
+        "accelerators and memory", "how the models run on this host's devices "
+        "(docs/local-backend.md, 'Accelerators and memory'; `tinkex plan` predicts the "
+        "memory a setting needs)")
+    group.add_argument("--mesh", default=None, metavar="fsdp=N,tp=M",
+                       help="device mesh: the fsdp axis splits batches and parameters, tp "
+                            "splits heads, MLP width and vocabulary, e.g. fsdp=4,tp=2 "
+                            "(default: every visible device on fsdp; fsdp=1 for one device)")
+    group.add_argument("--dtype", default="auto",
+                       choices=["auto", "checkpoint", "float32", "bfloat16", "float16"],
+                       help="dtype of the base weights; adapters, gradients, optimizer "
+                            "state and losses stay float32 (default %(default)s: float32 on "
+                            "CPU, the checkpoint's dtype, usually bfloat16, on GPU / TPU)")
+    group.add_argument("--remat", default="auto", choices=["auto", "off", "full", "dots"],
+                       help="per-layer rematerialisation: recompute each layer in the "
+                            "backward pass (full), keep only its matmul outputs (dots), or "
+                            "keep everything (off) (default %(default)s: full from 100 M "
+                            "base parameters)")
+    group.add_argument("--attention", default="auto",
+                       choices=["auto", "dense", "chunked", "cudnn"],
+                       help="attention kernel: dense scores, query-chunked (memory linear "
+                            "in length), or cuDNN flash attention (GPU, bfloat16/float16) "
+                            "(default %(default)s: cuDNN on GPU in 16-bit, else chunked from "
+                            "1024 tokens)")
+    group.add_argument("--token-budget", type=int, default=0, metavar="TOKENS",
+                       help="most tokens (rows x padded length) per micro-batch of one "
+                            "training call; the micro-batches' gradients are summed in the "
+                            "same step (default %(default)s: no splitting)")
+    group.add_argument("--sampler-weights", default="auto",
+                       choices=["auto", "merged", "shared", "stacked"],
+                       help="how samplers hold weights: a merged copy each (fastest), one "
+                            "shared copy of the base with LoRA applied on the fly, or the "
+                            "trainer's arrays (no copy) (default %(default)s: merged below "
+                            "256 MiB of base, shared above)")
+    group.add_argument("--compilation-cache", default=None, metavar="DIR|off",
+                       help="JAX's persistent compilation cache, so restarts skip "
+                            "recompiling: a directory, or 'off' (default: "
+                            "$JAX_COMPILATION_CACHE_DIR if set, else "
+                            "DATA_DIR/compilation-cache)")
 
 
 @guarded
@@ -77,7 +123,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.data_dir, args.base_models, host=args.host, port=args.port, api_key=api_key,
         long_poll_timeout_s=args.long_poll_timeout, compute_workers=args.workers,
         warm_up=not args.no_warm_up, pjwt_auth_enabled=args.pjwt_auth,
-        max_pending_samples=args.max_pending_samples)
+        max_pending_samples=args.max_pending_samples, mesh=args.mesh, dtype=args.dtype,
+        remat=args.remat, attention=args.attention, token_budget=args.token_budget,
+        sampler_weights=args.sampler_weights, compilation_cache=args.compilation_cache)
     key_hint = "<your --api-key>" if api_key else "tml-local"
     print(f"tinkex local backend on http://{config.host}:{config.port} "
           f"(data: {config.data_dir}; models: {', '.join(config.base_models)})\n"
