@@ -289,8 +289,9 @@ def check_api_key(key: str, *, now: float | None = None, where: str = "api_key")
 
 
 def credentials_path(env: Mapping[str, str]) -> Path | None:
-    """Where ``tinkex auth login`` (and the official ``tinker auth login``) store keys: ``<home>/.tinker/credentials.json``, the home
-    directory taken from `env` (``HOME``, else ``USERPROFILE``); None without either.
+    """Where ``tinkex auth login`` (and the official ``tinker auth login``) store keys:
+    ``<home>/.tinker/credentials.json``, the home directory taken from `env` (``HOME``, else
+    ``USERPROFILE``); None without either.
 
     Example:
         >>> credentials_path({"HOME": "/home/ada"}).as_posix()
