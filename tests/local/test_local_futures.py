@@ -89,6 +89,18 @@ def test_max_results_drops_retrieved_results_first():
     assert store.peek(b) == Payload(b"b")
 
 
+def test_a_full_store_trims_to_ninety_percent_and_keeps_finished_bounded():
+    clock = FakeClock()  # never advances: collection runs only when the bound is passed
+    store = FutureStore(max_results=100, clock=clock)
+    seen = []
+    for i in range(1000):
+        rid = store.create("Sample")
+        store.resolve(rid, Payload(str(i).encode()))
+        seen.append(store.stats()["finished"])
+    assert max(seen) == 101 and min(seen[200:]) >= 90  # 101 -> trimmed to 90 -> grows again
+    assert store.peek(rid) == Payload(b"999")  # the newest results are the ones kept
+
+
 def test_scheduler_keeps_lane_order_and_overlaps_lanes():
     sched = Scheduler(workers=2)
     sched.start()

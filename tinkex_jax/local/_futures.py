@@ -6,6 +6,8 @@ encoded payload (JSON or protobuf bytes) or rejects it with a message and a cate
 ``retrieve_future`` long poll waits on the loop until the entry is done or the timeout
 passes, so it wakes up the moment the worker finishes. Results stay re-fetchable (client
 retries) until `retention_s` after their first retrieval; unretrieved results are kept.
+A future belongs to the owner of the request that made it (`create`'s ``owner``); asking
+for another owner's future is answered as if it did not exist.
 
 Example:
     >>> import asyncio
@@ -58,6 +60,7 @@ class _Entry:
     request_id: str
     kind: str
     created_at: float
+    owner: str | None = None
     outcome: Outcome | None = None
     done_at: float | None = None
     retrieved_at: float | None = None
@@ -74,7 +77,7 @@ class FutureStore:
     Args:
         retention_s: Seconds a result stays available after it was first retrieved.
         max_results: Most finished entries kept; beyond it the oldest retrieved ones (then
-            the oldest unretrieved ones) are dropped.
+            the oldest unretrieved ones) are dropped, down to 90 % of it.
         clock: Monotonic clock (injectable for tests).
         prefix: Prefix of the generated request ids.
     """
@@ -88,15 +91,18 @@ class FutureStore:
         self._max_results = max_results
         self._clock = clock
         self._prefix = prefix
+        self._collected_at = -float("inf")
+        self._finished = 0  # entries with an outcome (what max_results bounds)
 
     # ------------------------------------------------------------------ writers
 
-    def create(self, kind: str) -> str:
-        """Register a new pending future of `kind` and return its ``request_id``."""
+    def create(self, kind: str, owner: str | None = None) -> str:
+        """Register a new pending future of `kind` and return its ``request_id``; only
+        `owner` (None: anyone) may retrieve it."""
         with self._lock:
             request_id = f"{self._prefix}-{next(self._ids)}"
-            self._entries[request_id] = _Entry(request_id, kind, self._clock())
-            self._collect_locked()
+            self._entries[request_id] = _Entry(request_id, kind, self._clock(), owner)
+            self._maybe_collect_locked()
         return request_id
 
     def resolve(self, request_id: str, payload: Payload) -> None:
@@ -114,6 +120,7 @@ class FutureStore:
                 return
             entry.outcome = outcome
             entry.done_at = self._clock()
+            self._finished += 1
             loops = list(entry.loops)
         for loop in loops:
             if not loop.is_closed():
@@ -137,16 +144,18 @@ class FutureStore:
                 raise NotFoundError(_unknown_message(request_id))
             return entry.outcome
 
-    async def wait(self, request_id: str, timeout: float) -> Outcome | None:
+    async def wait(self, request_id: str, timeout: float, owner: str | None = None
+                   ) -> Outcome | None:
         """Wait up to `timeout` seconds for a future; None if it is still pending.
 
         A finished outcome is marked retrieved (it stays re-fetchable for the retention
-        period). Raises `NotFoundError` for an unknown id.
+        period). Raises `NotFoundError` for an unknown id, or one that `owner` (None: anyone)
+        did not make.
         """
         loop = asyncio.get_running_loop()
         with self._lock:
             entry = self._entries.get(request_id)
-            if entry is None:
+            if entry is None or (owner is not None and entry.owner not in (None, owner)):
                 raise NotFoundError(_unknown_message(request_id))
             if entry.outcome is None:
                 entry.loops.add(loop)
@@ -173,18 +182,33 @@ class FutureStore:
         with self._lock:
             self._collect_locked()
 
+    def _maybe_collect_locked(self) -> None:
+        """Collect at most once per `_COLLECT_EVERY_S` of the clock (a scan is O(entries), so
+        doing it on every new id made each request cost more as results piled up), or at
+        once when the store is over its size bound."""
+        now = self._clock()
+        if now - self._collected_at < _COLLECT_EVERY_S and self._finished <= self._max_results:
+            return
+        self._collect_locked()
+
     def _collect_locked(self) -> None:
         now = self._clock()
+        self._collected_at = now
         expired = [rid for rid, e in self._entries.items()
                    if e.retrieved_at is not None and now - e.retrieved_at > self._retention_s]
         for rid in expired:
-            del self._entries[rid]
+            del self._entries[rid]  # only retrieved, hence finished, entries expire
         finished = [e for e in self._entries.values() if e.outcome is not None]
-        excess = len(finished) - self._max_results
-        if excess > 0:
+        if len(finished) > self._max_results:  # trim to 90 %: the next trim is far away
+            excess = len(finished) - (self._max_results - self._max_results // 10)
             finished.sort(key=lambda e: (e.retrieved_at is None, e.done_at or 0.0))
             for e in finished[:excess]:
                 del self._entries[e.request_id]
+            finished = finished[excess:]
+        self._finished = len(finished)
+
+
+_COLLECT_EVERY_S = 1.0
 
 
 def _unknown_message(request_id: str) -> str:
