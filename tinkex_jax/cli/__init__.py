@@ -15,7 +15,7 @@ The command groups and commands of the official ``tinker`` CLI are all here unde
 names and flags (``auth``, ``billing``, ``checkpoint``, ``model``, ``run``, ``session``,
 ``version``), with ``--json`` on every command that prints a result (the official
 ``--format json`` / ``-f json`` before the command works too), plus this package's own
-(``demo``, ``serve``, ``sample``).
+(``demo``, ``serve``, ``plan``, ``sample``).
 
 Example:
     >>> build_parser().parse_args(["serve", "--port", "9000"]).port
@@ -38,6 +38,7 @@ from .commands import (
     checkpoint,
     demo,
     model,
+    plan,
     run,
     sample,
     serve,
@@ -48,8 +49,8 @@ from .commands import (
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
 COMMANDS: list[Command] = [
-    # this package's own: the offline demo, the local backend; `plan` joins them here
-    demo.COMMAND, serve.COMMAND,
+    # this package's own: the offline demo, the local backend and its memory plans
+    demo.COMMAND, serve.COMMAND, plan.COMMAND,
     # the official CLI's groups, same names and flags
     auth.COMMAND, model.COMMAND, run.COMMAND, checkpoint.COMMAND, session.COMMAND,
     billing.COMMAND, version.COMMAND,
