@@ -335,3 +335,29 @@ def test_a_bfloat16_server_trains(tmp_path: Path) -> None:
     assert losses[-1] < 0.9 * losses[0], losses
     assert all(lp.dtype == np.float64 and np.all(np.isfinite(lp))
                for lp in run["sample_logprobs"])
+
+
+@pytest.mark.slow
+def test_the_accelerator_check_runs_on_cpu(tmp_path: Path) -> None:
+    """``scripts/accelerator_check.py --fast`` on this CPU host: the parts that need a GPU or
+    TPU say why they were skipped; the others report real numbers."""
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "accelerator_check.py"),
+                           "--fast", "--out", str(out)], capture_output=True, text=True,
+                          timeout=900, check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == report
+    assert report["devices"]["platform"] == "cpu" and report["devices"]["count"] >= 1
+    for part in ("memory_vs_plan", "cudnn_attention"):
+        assert "GPU" in report[part]["skipped"], report[part]
+    if report["devices"]["count"] == 1:
+        assert "xla_force_host_platform_device_count" in report["sharded_step"]["skipped"]
+    plan = report["plans"]["small"]
+    assert plan["fits"] is True and plan["train_peak_gib"] > plan["params_gib"] > 0
+    training = report["training"]["float32"]
+    assert training["loss_went_down"] and training["tokens_per_s"] > 0
+    assert "bfloat16" not in report["training"]  # no fast bfloat16 on CPU: not measured
+    for mode in ("merged", "shared"):
+        assert report["sampler"][mode]["tokens_per_s_batch_8"] > 0
+    assert not any("error" in v for v in report.values() if isinstance(v, dict))
