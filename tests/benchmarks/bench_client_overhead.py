@@ -229,7 +229,8 @@ def child(args: argparse.Namespace) -> None:
 SERVER = """
 import sys, threading
 from tinkex_jax.local import serve
-with serve(sys.argv[1], base_models=[sys.argv[2]], result_retention_s=1.0) as server:
+with serve(sys.argv[1], base_models=[sys.argv[2]], result_retention_s=1.0,
+           api_key="tml-bench") as server:
     print(server.base_url, flush=True)
     threading.Event().wait()
 """

@@ -183,9 +183,9 @@ def bench_sampling_runtime(loaded: LoadedModel, num_samples: int, max_tokens: in
 class Http:
     """A bare client for the server (our own codecs; no SDK shell in the measurement)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, api_key: str) -> None:
         self.http = httpx.Client(base_url=base_url, timeout=600,
-                                 headers={"X-API-Key": "tml-bench"})
+                                 headers={"X-API-Key": api_key})
 
     def ok(self, path: str, body: Any) -> Any:
         r = self.http.post(f"/api/v1/{path}", json=body)
@@ -212,7 +212,7 @@ def bench_http(name: str, backend: JaxBackend, batch: int, seq: int, runs: int,
                                   "weights": np.ones(seq, np.float32)}) for t in toks]
     with tempfile.TemporaryDirectory() as tmp, serve(tmp, base_models=[name],
                                                      backend=backend) as server:
-        c = Http(server.base_url)
+        c = Http(server.base_url, server.api_key)
         sid = c.ok("create_session", {"tags": [], "user_metadata": {}, "sdk_version": "b"})
         sid = sid["session_id"]
         fut = c.ok("create_model", {"session_id": sid, "model_seq_id": 0, "base_model": name,

@@ -30,9 +30,9 @@ def make_backend() -> Any:
 class RawClient:
     """A bare HTTP client speaking the Tinker wire protocol (our own codecs)."""
 
-    def __init__(self, server: LocalServer, api_key: str = "tml-test") -> None:
+    def __init__(self, server: LocalServer, api_key: str | None = None) -> None:
         self.http = httpx.Client(base_url=server.base_url, timeout=60.0,
-                                 headers={"X-API-Key": api_key})
+                                 headers={"X-API-Key": api_key or server.api_key})
 
     def post(self, path: str, body: Any) -> httpx.Response:
         return self.http.post(f"/api/v1/{path}", json=body)

@@ -36,8 +36,9 @@ def _utc_day() -> dt.date:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     from local_fake_backend import FakeBackend
 
+    # no_auth: an open (loopback) server, whose console shows what it holds
     with serve(tmp_path_factory.mktemp("audit-data"), base_models=[FAKE],
-               backend=FakeBackend(), long_poll_timeout_s=0.2) as server:
+               backend=FakeBackend(), long_poll_timeout_s=0.2, no_auth=True) as server:
         first_day = _utc_day()
         service = tinkex_jax.ServiceClient(base_url=server.base_url, api_key=server.api_key,
                                            telemetry=False)

@@ -63,7 +63,8 @@ def test_a_full_server_answers_429_with_the_backpressure_header(
 @pytest.mark.slow
 def test_our_sdk_waits_out_backpressure(busy_server: LocalServer,
                                         fake_backend: FakeBackend) -> None:
-    with tinker.ServiceClient(base_url=busy_server.base_url, api_key="tml-x") as service:
+    with tinker.ServiceClient(base_url=busy_server.base_url,
+                              api_key=busy_server.api_key) as service:
         sampler = service.create_sampling_client(base_model=FAKE).result()
         params = tinker.SamplingParams(max_tokens=3, temperature=0.0)
         expected = sampler.sample(tinker.ModelInput.from_ints([3, 4]), 1, params).result()
@@ -83,7 +84,8 @@ def test_our_sdk_waits_out_backpressure(busy_server: LocalServer,
 def test_the_official_sdk_waits_out_backpressure(busy_server: LocalServer,
                                                  fake_backend: FakeBackend) -> None:
     official = pytest.importorskip("tinker")
-    with official.ServiceClient(base_url=busy_server.base_url, api_key="tml-x") as service:
+    with official.ServiceClient(base_url=busy_server.base_url,
+                                api_key=busy_server.api_key) as service:
         sampler = service.create_sampling_client(base_model=FAKE).result()
         params = official.types.SamplingParams(max_tokens=3, temperature=0.0)
         prompt = official.types.ModelInput.from_ints([3, 4])

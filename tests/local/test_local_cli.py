@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def test_serve_arguments() -> None:
     args = build_parser().parse_args(["serve", "--port", "9001", "--data-dir", "/tmp/x",
                                       "--base-model", "a", "--base-model", "b"])
     assert (args.port, args.data_dir, args.base_models) == (9001, "/tmp/x", ["a", "b"])
-    assert args.host == "127.0.0.1" and args.api_key is None and args.pjwt_auth is False
+    assert args.host == "127.0.0.1" and args.api_keys is None and args.pjwt_auth is False
+    assert args.no_auth is False and args.max_lora_rank == 256
     assert build_parser().parse_args(["serve", "--pjwt-auth"]).pjwt_auth is True
     assert "serve" in [c.name for c in COMMANDS]
 
@@ -61,8 +63,15 @@ def test_serve_process_answers_and_stops_cleanly(tmp_path: Path) -> None:
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.2)
+        key = (tmp_path / "api_key").read_text().strip()  # made at start: printed below
+        assert (tmp_path / "api_key").stat().st_mode & 0o077 == 0  # readable only by its user
+        refused = urllib.request.Request(f"{url}/get_server_capabilities",
+                                         headers={"X-API-Key": "tml-guessed"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(refused, timeout=10)
+        assert info.value.code == 401
         req = urllib.request.Request(f"{url}/get_server_capabilities",
-                                     headers={"X-API-Key": "tml-cli"})
+                                     headers={"X-API-Key": key})
         with urllib.request.urlopen(req, timeout=10) as r:
             models = json.loads(r.read())["supported_models"]
         assert [m["model_name"] for m in models] == ["tinkex-jax/tiny"]
@@ -74,3 +83,4 @@ def test_serve_process_answers_and_stops_cleanly(tmp_path: Path) -> None:
     assert code == 0, err
     assert "Traceback" not in err
     assert f"http://127.0.0.1:{port}" in err
+    assert f"TINKER_API_KEY={key}" in err  # the connect line gives the key it made

@@ -177,8 +177,9 @@ def test_whoami_needs_a_jwt_server(keyed: LocalServer, tmp_path: Path,
                          "--api-key", KEY)
     assert code == 1 and out == "" and "JWT auth is off" in err and "--pjwt-auth" in err
     assert_cli_error(err)
+    # no_auth: the SDK's default key for a loopback URL (tml-local) is accepted
     with serve(tmp_path / "jwt", base_models=["tinkex-jax/tiny"], warm_up=False,
-               pjwt_auth_enabled=True) as server:
+               pjwt_auth_enabled=True, no_auth=True) as server:
         me = cli_json(capsys, "auth", "whoami", "--base-url", server.base_url)
         code, out, _ = cli(capsys, "auth", "whoami", "--base-url", server.base_url)
     assert me["user_urn"] and me["org_urn"].startswith("tml:organization:")

@@ -41,6 +41,7 @@ def _unseeded_sample(client: TestClient, sampler_id: str, seq_id: int) -> list[f
 
 def _serve(tmp_path: Any, effects: Effects) -> tuple[Engine, TestClient]:
     config = ServerConfig(data_dir=tmp_path, base_models=(FAKE,), warm_up=False,
+                          api_key=KEY["X-API-Key"],
                           sampler_logprob_noise=0.5)  # the noise is drawn from the seed
     engine = Engine(config, FakeBackend(), effects=effects)
     return engine, TestClient(create_app(engine))

@@ -25,10 +25,13 @@ def test_health_config_and_auth(fake_server):
     assert missing.status_code == 401 and "X-API-Key" in missing.json()["detail"]
     bad = http.post("/api/v1/client/config", json={}, headers={"X-API-Key": "sk-123"})
     assert bad.status_code == 401 and "tml-" in bad.json()["detail"]
+    other = http.post("/api/v1/client/config", json={}, headers={"X-API-Key": "tml-x"})
+    assert other.status_code == 401 and "printed" in other.json()["detail"]
+    key = {"X-API-Key": fake_server.api_key}
     config = http.post("/api/v1/client/config", json={"sdk_version": "0.38.0"},
-                       headers={"X-API-Key": "tml-x"}).json()
+                       headers=key).json()
     assert config["pjwt_auth_enabled"] is False
-    unknown = http.get("/api/v1/no_such_thing", headers={"X-API-Key": "tml-x"})
+    unknown = http.get("/api/v1/no_such_thing", headers=key)
     assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
 
 
@@ -56,7 +59,8 @@ def test_a_client_that_disconnects_mid_body_is_not_a_server_error(fake_server, c
     host, port = fake_server.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(b"POST /api/v1/retrieve_future HTTP/1.1\r\nHost: x\r\n"
-                     b"X-API-Key: tml-x\r\nContent-Type: application/json\r\n"
+                     b"X-API-Key: " + fake_server.api_key.encode() + b"\r\n"
+                     b"Content-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"request_id\"")
     deadline = time.monotonic() + 10
     while not any("client disconnected" in r.getMessage() for r in caplog.records):

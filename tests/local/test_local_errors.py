@@ -23,7 +23,7 @@ def sdk_datum(tokens: list[int], **extra: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def sdk(tiny_server: Any) -> Any:
-    return tinker.ServiceClient(base_url=tiny_server.base_url, api_key="tml-errors")
+    return tinker.ServiceClient(base_url=tiny_server.base_url, api_key=tiny_server.api_key)
 
 
 def test_unknown_base_model(sdk: Any) -> None:

@@ -25,7 +25,7 @@ KEY = "tml-jwt-e2e-key"
 
 @pytest.fixture
 def jwt_server(tmp_path: Path) -> Iterator[LocalServer]:
-    with serve(tmp_path / "data", base_models=[FAKE], backend=FakeBackend(),
+    with serve(tmp_path / "data", base_models=[FAKE], backend=FakeBackend(), api_key=KEY,
                long_poll_timeout_s=0.2, pjwt_auth_enabled=True) as server:
         yield server
 
@@ -79,7 +79,7 @@ def test_our_sdk_exchanges_uses_and_replaces_the_jwt(jwt_server: LocalServer) ->
 
 
 def test_jwt_auth_off_is_the_default(tmp_path: Path) -> None:
-    with serve(tmp_path / "data", base_models=[FAKE], backend=FakeBackend(),
+    with serve(tmp_path / "data", base_models=[FAKE], backend=FakeBackend(), api_key=KEY,
                long_poll_timeout_s=0.2) as server:
         assert server.app.state.jwt_signer is None
         with httpx.Client(base_url=f"{server.base_url}/api/v1", timeout=30) as http:

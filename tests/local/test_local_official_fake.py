@@ -33,7 +33,7 @@ def test_chunked_compressed_calls_accumulate(tmp_path: Any, pyqwest: bool) -> No
     backend = FakeBackend()
     with serve(tmp_path, base_models=[FAKE], backend=backend, proto_compress_fwdbwd=True,
                fwdbwd_max_chunk_len=1, use_pyqwest_transport=pyqwest) as server:
-        sc = tinker.ServiceClient(base_url=server.base_url, api_key="tml-fake")
+        sc = tinker.ServiceClient(base_url=server.base_url, api_key=server.api_key)
         chunked = sc.create_lora_training_client(base_model=FAKE, rank=2).result()
         out = chunked.forward_backward(data(3), "cross_entropy").result()
         assert len(out.loss_fn_outputs) == 3
@@ -71,7 +71,7 @@ def test_dynamic_config_and_telemetry_answers_parse_as_the_official_types(
         fake_server: Any) -> None:
     import httpx
 
-    headers = {"X-API-Key": "tml-fake"}
+    headers = {"X-API-Key": fake_server.api_key}
     with httpx.Client(base_url=fake_server.base_url, headers=headers) as http:
         dynamic = http.post("/api/v1/client/dynamic_config", json={"sdk_version": "0.38.0"})
         assert dynamic.status_code == 200

@@ -52,7 +52,7 @@ def logprobs_of(out: Any) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def service(tiny_server: Any) -> Iterator[Any]:
-    client = tinker.ServiceClient(base_url=tiny_server.base_url, api_key="tml-official-test")
+    client = tinker.ServiceClient(base_url=tiny_server.base_url, api_key=tiny_server.api_key)
     yield client
 
 
@@ -240,7 +240,7 @@ def test_base_model_sampling_with_stops(service: Any) -> None:
 
 def test_rest_client(service: Any, trained: dict[str, Any], tiny_server: Any) -> None:
     tc = trained["tc"]
-    rc = tinker.RestClient(base_url=tiny_server.base_url, api_key="tml-official-test")
+    rc = tinker.RestClient(base_url=tiny_server.base_url, api_key=tiny_server.api_key)
     path = tc.save_state("rest-a").result().path
     sampler_path = tc.save_weights_for_sampler("rest-b").result().path
     runs = rc.list_training_runs(limit=100).result()
@@ -300,7 +300,7 @@ def test_a_corrupted_run_as_the_official_sdk_sees_it(service: Any, tiny_server: 
     tc.forward_backward(data, "cross_entropy").result()
     tc.optim_step(T.AdamParams(learning_rate=1e-3)).result()
     path = tc.save_state("before-loss").result().path
-    rc = tinker.RestClient(base_url=tiny_server.base_url, api_key="tml-official-test")
+    rc = tinker.RestClient(base_url=tiny_server.base_url, api_key=tiny_server.api_key)
     assert rc.get_training_run(tc.model_id).result().corrupted is False
     tiny_server.corrupt_run(tc.model_id, "its state was lost")
     assert rc.get_training_run(tc.model_id).result().corrupted is True
@@ -313,7 +313,7 @@ def test_a_corrupted_run_as_the_official_sdk_sees_it(service: Any, tiny_server: 
 
 
 def test_close_finishes_the_session(tiny_server: Any) -> None:
-    client = tinker.ServiceClient(base_url=tiny_server.base_url, api_key="tml-close-test")
+    client = tinker.ServiceClient(base_url=tiny_server.base_url, api_key=tiny_server.api_key)
     tc = client.create_lora_training_client(base_model=TINY, rank=2).result()
     tc.forward([ce_datum(TEXTS[0])], "cross_entropy").result()
     client.close("success").result()

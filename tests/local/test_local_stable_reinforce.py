@@ -36,7 +36,7 @@ def server(tmp_path: Any) -> Iterator[tuple[LocalServer, FakeBackend]]:
 
 @pytest.fixture
 def official(server: tuple[LocalServer, FakeBackend]) -> Iterator[Any]:
-    client = tinker.ServiceClient(base_url=server[0].base_url, api_key="tml-official")
+    client = tinker.ServiceClient(base_url=server[0].base_url, api_key=server[0].api_key)
     yield client
     client.close("success").result()
 
@@ -216,7 +216,7 @@ def test_provenance_errors_through_the_official_sdk(
     assert fb_calls(backend) == before  # nothing ran, nothing half-applied
 
     # another session's sequence
-    other = tinker.ServiceClient(base_url=srv.base_url, api_key="tml-other")
+    other = tinker.ServiceClient(base_url=srv.base_url, api_key=srv.api_key)
     try:
         theirs = other.create_lora_training_client(base_model=FAKE, rank=2).result()
         expect_error(lambda: theirs.forward_backward([good], "stable_reinforce").result(),

@@ -81,7 +81,7 @@ def test_rl_loop_datums_give_the_same_loss_through_both_sdks(tiny_server: LocalS
     seen: dict[str, dict[str, Any]] = {}
     for name, sdk in (("official", official), ("tinkex_jax", tinkex_jax)):
         types = sdk.types
-        service = sdk.ServiceClient(base_url=tiny_server.base_url, api_key="tml-sr")
+        service = sdk.ServiceClient(base_url=tiny_server.base_url, api_key=tiny_server.api_key)
         try:
             training = service.create_lora_training_client(base_model=TINY, rank=4,
                                                            seed=0).result()
@@ -143,7 +143,7 @@ def rl_run(server: LocalServer, loss_fn: str, seed: int, *, steps: int = 12,
     Returns the mean reward and the optimizer's gradient norm of each step (and appends each
     forward_backward's metrics to `metrics`)."""
     types = tinkex_jax.types
-    service = tinkex_jax.ServiceClient(base_url=server.base_url, api_key="tml-sr-learn")
+    service = tinkex_jax.ServiceClient(base_url=server.base_url, api_key=server.api_key)
     rng = np.random.default_rng(seed)
     rewards, grad_norms = [], []
     try:

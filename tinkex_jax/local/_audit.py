@@ -1,7 +1,8 @@
 """The local backend's audit log (``GET /api/v1/audit``, PROTOCOL.md §3.10 admin calls).
 
-The local backend serves one tenant, so every event is the caller's. A day's log is built
-from two sources in the same SQLite database as the rest of the state:
+Each caller sees the events of what its owner (key or JWT subject) created or changed, plus
+those of rows written before owners were recorded. A day's log is built from two sources in
+the same SQLite database as the rest of the state:
 
 - **what exists**: the creation of each session (and its finish), training run, sampling
   session and live checkpoint, at the time stored with it;
@@ -42,7 +43,7 @@ from typing import Any
 
 from ._errors import UserError
 from ._rest import KIND_TO_TYPE, iso_time
-from ._storage import Storage
+from ._storage import Storage, may_use
 
 __all__ = ["EVENT_TYPES", "AuditLog", "parse_audit_query"]
 
@@ -58,7 +59,7 @@ EVENT_TYPES: dict[str, str | None] = {
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_events (
     ts REAL NOT NULL, event TEXT NOT NULL, details TEXT NOT NULL DEFAULT '{}',
-    model_id TEXT, tinker_path TEXT, purpose TEXT
+    model_id TEXT, tinker_path TEXT, purpose TEXT, owner TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_events_by_time ON audit_events (ts);
 """
@@ -94,18 +95,23 @@ class AuditLog:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(audit_events)")}
+            if "owner" not in columns:  # a log written before owners were recorded
+                db.execute("ALTER TABLE audit_events ADD COLUMN owner TEXT")
 
     def record(self, event: str, details: Mapping[str, Any], *, model_id: str | None = None,
-               tinker_path: str | None = None, purpose: str | None = None) -> None:
-        """Append one event, stamped with the storage clock."""
+               tinker_path: str | None = None, purpose: str | None = None,
+               owner: str | None = None) -> None:
+        """Append one event of `owner`, stamped with the storage clock."""
         with self._storage._tx() as db:
             db.execute("INSERT INTO audit_events (ts, event, details, model_id, tinker_path, "
-                       "purpose) VALUES (?, ?, ?, ?, ?, ?)",
+                       "purpose, owner) VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (self._storage.now(), event, json.dumps(dict(details), default=str),
-                        model_id, tinker_path, purpose))
+                        model_id, tinker_path, purpose, owner))
 
     def record_checkpoint(self, event: str, run_id: str, checkpoint_id: str, *,
-                          purpose: str | None = None, **details: Any) -> None:
+                          purpose: str | None = None, owner: str | None = None,
+                          **details: Any) -> None:
         """Append a checkpoint event (its path, run and type go into the details)."""
         path = f"tinker://{run_id}/{checkpoint_id}"
         kind = checkpoint_id.split("/", 1)[0]
@@ -114,10 +120,13 @@ class AuditLog:
                   **details}
         if purpose is not None:
             record["purpose"] = purpose
-        self.record(event, record, model_id=run_id, tinker_path=path, purpose=purpose)
+        self.record(event, record, model_id=run_id, tinker_path=path, purpose=purpose,
+                    owner=owner)
 
-    def entries(self, event_type: str, day: dt.date) -> dict[str, Any]:
-        """The ``AuditLogResponse`` JSON of one UTC day, oldest first."""
+    def entries(self, event_type: str, day: dt.date, owner: str | None = None
+                ) -> dict[str, Any]:
+        """The ``AuditLogResponse`` JSON of one UTC day for `owner` (None: everyone's),
+        oldest first."""
         start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp()
         end = start + 86400.0
         prefix = EVENT_TYPES[event_type]
@@ -131,7 +140,9 @@ class AuditLog:
             entry.update({k: v for k, v in extra.items() if v is not None})
             found.append((ts, len(found), entry))
 
-        query = self._storage._query
+        def query(sql: str, args: tuple[Any, ...]) -> list[Any]:
+            return [r for r in self._storage._query(sql, args) if may_use(r["owner"], owner)]
+
         window = (start, end)
         for r in query("SELECT * FROM sessions WHERE created_at >= ? AND created_at < ?",
                        window):

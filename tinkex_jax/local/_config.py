@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import invalid
 
-__all__ = ["DEFAULT_BASE_MODELS", "LOCALHOST", "ServerConfig", "default_data_dir"]
+__all__ = ["API_KEY_FILE", "DEFAULT_BASE_MODELS", "LOCALHOST", "ServerConfig",
+           "default_data_dir", "is_loopback", "with_api_key"]
 
 LOCALHOST = "127.0.0.1"
+#: Where a server without a configured key keeps the key it made (in its data directory).
+API_KEY_FILE = "api_key"
 #: Base models served when none are named: the two presets shipped with the model layer.
 DEFAULT_BASE_MODELS: tuple[str, ...] = ("tinkex-jax/tiny", "tinkex-jax/small")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback interface (only this machine can connect).
+
+    Example:
+        >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
+        (True, True, False)
+    """
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def default_data_dir() -> Path:
@@ -30,6 +44,12 @@ def default_data_dir() -> Path:
     return Path(env) if env else Path.home() / ".tinkex" / "local"
 
 
+#: The size limits of `ServerConfig` (each an int >= 1).
+_LIMITS = ("max_body_bytes", "max_decompressed_bytes", "max_num_samples", "max_request_tokens",
+           "max_lora_rank", "max_logprobs_topk", "max_string_length", "max_list_length",
+           "max_metadata_bytes")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything the local server needs to know; immutable.
@@ -38,8 +58,15 @@ class ServerConfig:
         data_dir: Directory for the SQLite database and checkpoint files (created if missing).
         host: Interface to bind; 127.0.0.1 unless you really mean to expose the server.
         port: TCP port; 0 picks a free one.
-        api_key: If set, the only accepted ``X-API-Key``; otherwise any key starting with
-            ``tml-`` is accepted. Never logged.
+        api_key: The accepted ``X-API-Key`` (with `extra_api_keys`). None (unless
+            `no_auth`): the key stored in ``<data_dir>/api_key``, made at random (and stored,
+            readable only by its user) the first time a server uses the directory; see
+            `with_api_key`. Never logged or shown in reprs.
+        extra_api_keys: More accepted keys. Every key (or JWT subject) owns what it creates:
+            sessions, training runs, samplers, checkpoints and futures; another key gets 404
+            for them (published checkpoints are readable by every key).
+        no_auth: Accept any key that starts with ``tml-`` (each still owns what it creates);
+            loopback hosts only, since anyone who can connect could then act as anyone.
         base_models: Names (presets such as ``tinkex-jax/tiny``) or local Hugging Face
             directories the server offers for training and sampling.
         long_poll_timeout_s: How long ``retrieve_future`` holds a request before answering
@@ -83,6 +110,24 @@ class ServerConfig:
             Gaussian noise added to the logprob of every sampled token as the sampler
             reports (and records) it, simulating a sampler whose numerics differ from
             training's. The tokens are sampled as before.
+        max_body_bytes: Largest request body as sent; a larger one is answered 413 without
+            reading it whole.
+        max_decompressed_bytes: Largest body once zstd-decompressed (413 beyond).
+        max_num_samples: Most ``num_samples`` of one sample request.
+        max_request_tokens: Most tokens one request may make the server process: the input
+            tokens of a forward / forward_backward request, ``num_samples * (prompt +
+            max_tokens)`` of a sample request.
+        max_lora_rank: Largest LoRA rank of a new training model.
+        max_logprobs_topk: Largest ``topk_prompt_logprobs``, ``topk_sample_logprobs``,
+            ``prompt_alt_tokens_k``, ``target_prompt_logprobs`` width and 2-D loss-input
+            width (each is also capped by the model's vocabulary).
+        max_string_length: Longest client-given string (tags, project and display names,
+            SDK version, finish detail, stop strings), in characters.
+        max_list_length: Most items of a client-given list or mapping (tags, stop
+            sequences, ``user_metadata`` entries).
+        max_metadata_bytes: Largest ``user_metadata`` as JSON.
+        download_url_lifetime_s: How long the signed download URLs of exported weights
+            (``external_weights_urls``) stay valid.
         dtype: Base-parameter dtype: ``"auto"`` (float32 on CPU, the checkpoint's, usually
             bfloat16, on GPU and TPU), ``"checkpoint"``, ``"float32"``, ``"bfloat16"`` or
             ``"float16"``. Adapters, gradients, optimizer state, logprobs and losses stay
@@ -131,6 +176,18 @@ class ServerConfig:
     stability_record_ttl_s: float = 86_400.0
     stability_max_tokens: int = 16_000_000
     sampler_logprob_noise: float = 0.0
+    extra_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    no_auth: bool = False
+    max_body_bytes: int = 64 * 2**20
+    max_decompressed_bytes: int = 64 * 2**20
+    max_num_samples: int = 256
+    max_request_tokens: int = 2**20
+    max_lora_rank: int = 256
+    max_logprobs_topk: int = 256
+    max_string_length: int = 4096
+    max_list_length: int = 1024
+    max_metadata_bytes: int = 65_536
+    download_url_lifetime_s: float = 3600.0
     dtype: str = "auto"
     mesh: str | None = None
     remat: str = "auto"
@@ -142,13 +199,19 @@ class ServerConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "base_models", tuple(self.base_models))
-        self._check_accelerator_settings()
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise invalid("ServerConfig.port", "an int in [0, 65535] (0 = any free port)",
                           self.port)
-        if self.api_key is not None and not self.api_key.startswith("tml-"):
-            raise invalid("ServerConfig.api_key", "a key starting with 'tml-'", "<redacted>",
-                          "the official SDK only sends keys that start with 'tml-'")
+        self._check_auth()
+        self._check_accelerator_settings()
+        for name in _LIMITS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise invalid(f"ServerConfig.{name}", "an int >= 1", value)
+        if not (isinstance(self.download_url_lifetime_s, int | float)
+                and 1 <= self.download_url_lifetime_s <= 7 * 86_400):
+            raise invalid("ServerConfig.download_url_lifetime_s", "seconds in [1, 7 days]",
+                          self.download_url_lifetime_s)
         if not 0 < self.long_poll_timeout_s <= 40:
             raise invalid("ServerConfig.long_poll_timeout_s", "seconds in (0, 40]",
                           self.long_poll_timeout_s,
@@ -183,6 +246,29 @@ class ServerConfig:
             raise invalid("ServerConfig.base_models", "at least one base model", [],
                           f"e.g. {list(DEFAULT_BASE_MODELS)}")
 
+    def _check_auth(self) -> None:
+        object.__setattr__(self, "extra_api_keys", tuple(self.extra_api_keys))
+        keys = ([self.api_key] if self.api_key is not None else []) + list(self.extra_api_keys)
+        if any(not isinstance(k, str) or not k.startswith("tml-") or len(k) < 8
+               or not k.isprintable() or " " in k for k in keys):
+            raise invalid("ServerConfig.api_key", "keys that start with 'tml-' (8 or more "
+                          "printable characters, no spaces)", "<redacted>",
+                          "the official SDK only sends keys that start with 'tml-'")
+        if len(set(keys)) != len(keys):
+            raise invalid("ServerConfig.extra_api_keys", "keys different from each other and "
+                          "from api_key", "<redacted>")
+        if self.no_auth:
+            if keys:
+                raise invalid("ServerConfig.no_auth", "no api_key / extra_api_keys with it",
+                              "<keys given>", "drop either the keys or no_auth")
+            if not is_loopback(self.host):
+                raise invalid("ServerConfig.no_auth", "a loopback host (127.0.0.1)", self.host,
+                              "a server reachable from other machines needs a key: drop "
+                              "no_auth (a random key is made) or pass api_key")
+        elif self.api_key is None and self.extra_api_keys:
+            raise invalid("ServerConfig.api_key", "a key when extra_api_keys are given",
+                          None, "pass the first key as api_key")
+
     def _check_accelerator_settings(self) -> None:
         dtypes = ("auto", "checkpoint", "float32", "bfloat16", "float16")
         if self.dtype not in dtypes:
@@ -207,6 +293,11 @@ class ServerConfig:
                        sampler_weights=self.sampler_weights,  # type: ignore[arg-type]
                        token_budget=self.token_budget)
 
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """Every accepted key (empty with `no_auth`: any ``tml-`` key is accepted)."""
+        return ((self.api_key,) if self.api_key is not None else ()) + self.extra_api_keys
+
     def replace(self, **changes: object) -> ServerConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -223,3 +314,38 @@ class ServerConfig:
         path = Path(data_dir) if data_dir is not None else default_data_dir()
         models = tuple(base_models) if base_models is not None else DEFAULT_BASE_MODELS
         return cls(data_dir=path, base_models=models, **kwargs)  # type: ignore[arg-type]
+
+
+def with_api_key(config: ServerConfig) -> ServerConfig:
+    """`config` with its ``api_key`` resolved: unchanged when it has one (or is `no_auth`),
+    else the key stored in ``<data_dir>/api_key``, which is made first if missing: a random
+    ``tml-`` key, in a file only its user may read. A data directory thus keeps one key
+    across restarts, so clients and what they own survive a restart.
+
+    Raises:
+        ValidationError: the stored key is not a ``tml-`` key.
+
+    Example:
+        >>> import tempfile
+        >>> config = ServerConfig(data_dir=Path(tempfile.mkdtemp()))
+        >>> first = with_api_key(config).api_key
+        >>> first.startswith("tml-"), with_api_key(config).api_key == first
+        (True, True)
+    """
+    if config.no_auth or config.api_key is not None:
+        return config
+    path = config.data_dir / API_KEY_FILE
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # truly random on purpose (never from Effects): the key is the credential
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text(encoding="utf-8").strip()
+    else:
+        key = "tml-" + secrets.token_hex(20)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(key + "\n")
+    if not key.startswith("tml-"):
+        raise invalid(str(path), "a key starting with 'tml-'", "<redacted>",
+                      "delete the file to have a new key made, or pass api_key")
+    return config.replace(api_key=key)

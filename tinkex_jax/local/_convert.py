@@ -1,9 +1,10 @@
 """Pure conversions between wire values and the backend's host arrays.
 
 Everything a request needs checked against a base model (token ids below the vocabulary,
-lengths within the context, the loss's inputs present and shaped right) is checked here,
-before the request is queued, so a bad request fails with a clear message and never
-touches a model's state.
+lengths within the context, top-k widths within the vocabulary, the loss's inputs present
+and shaped right, the tokens a sample will produce within ``max_request_tokens``) is
+checked here, before the request is queued, so a bad request fails with a clear message and
+never touches a model's state. The checks that need no model are in `_limits`.
 
 Example:
     >>> from tinkex_jax.builders import datum_from_tokens
@@ -84,6 +85,12 @@ def _check_ids(ids: np.ndarray, vocab: int, where: str, base: str) -> None:
             "tokenizer (get_info().model_data.tokenizer_id).")
 
 
+def _check_k(where: str, k: int, info: BaseModelInfo) -> None:
+    if k > info.vocab_size:
+        raise UserError(f"{where}: {k} is more than the vocabulary of {info.name!r} "
+                        f"({info.vocab_size} tokens). Fix: ask for at most {info.vocab_size}.")
+
+
 def _validated(data: Sequence[Datum], loss_fn: str,
                config: dict[str, float | str] | None) -> dict[str, float]:
     """The checks of the loss table (`losses.LOSS_SPECS`), the same the client runs before
@@ -101,11 +108,13 @@ def _validated(data: Sequence[Datum], loss_fn: str,
         raise UserError(str(exc)) from None
 
 
-def training_items(request: ForwardBackwardRequest, info: BaseModelInfo
-                   ) -> tuple[list[TrainItem], dict[str, float]]:
+def training_items(request: ForwardBackwardRequest, info: BaseModelInfo, *,
+                   max_width: int | None = None) -> tuple[list[TrainItem], dict[str, float]]:
     """Check a forward / forward_backward request against a base model and convert it.
 
-    Returns the per-datum host arrays and the loss config with defaults filled in.
+    Returns the per-datum host arrays and the loss config with defaults filled in. A 2-D
+    loss input (K values per position) may be at most the vocabulary (and `max_width`,
+    the server's ``max_logprobs_topk``) wide, checked before anything is made dense.
 
     The items carry the loss's required client inputs only; a loss that needs provenance
     gets its derived inputs from `tinkex_jax.local._stability.StabilityRecords.resolve`.
@@ -126,6 +135,15 @@ def training_items(request: ForwardBackwardRequest, info: BaseModelInfo
                 f"{info.name!r} ({info.max_context_length}). Fix: truncate or split the "
                 "sequence.")
         _check_ids(tokens, info.vocab_size, f"{where}.model_input", info.name)
+        for key, tensor in datum.loss_fn_inputs.items():
+            shape = tensor.shape or ()
+            if len(shape) == 2:  # before any densifying: K values per position
+                _check_k(f"{where}.loss_fn_inputs[{key!r}] width", shape[1], info)
+                if max_width is not None and shape[1] > max_width:
+                    raise UserError(
+                        f"{where}.loss_fn_inputs[{key!r}] (shape {list(shape)}): {shape[1]} "
+                        f"columns is more than this server takes ({max_width}: "
+                        f"ServerConfig.max_logprobs_topk). Fix: send at most {max_width}.")
         targets = datum.loss_fn_inputs["target_tokens"].to_numpy(pad_value=0)
         _check_ids(targets, info.vocab_size, f"{where}.loss_fn_inputs['target_tokens']",
                    info.name)
@@ -180,16 +198,19 @@ def prompt_tokens(request: SampleRequest, info: BaseModelInfo) -> np.ndarray:
 
 
 def sample_job(request: SampleRequest, info: BaseModelInfo, *, default_max_tokens: int,
-               seed: int | None = None) -> SampleJob:
+               seed: int | None = None, max_request_tokens: int | None = None) -> SampleJob:
     """Resolve a sample request's parameters against a base model.
 
     ``max_tokens`` defaults to `default_max_tokens`, clipped to the room left in the
     context; ``stop=None`` means the model's end-of-sequence tokens; a missing seed is
-    taken from `seed` (the server passes one drawn from its `Effects`), else drawn here.
+    taken from `seed` (the server passes one drawn from its `Effects`), else drawn here; a
+    ``top_k`` of the vocabulary size or more means no limit (-1).
 
     Raises:
-        UserError: the prompt leaves no room to generate, ``max_tokens`` does not fit,
-            or a stop token id is outside the vocabulary.
+        UserError: the prompt leaves no room to generate, ``max_tokens`` does not fit, a
+            top-k width is larger than the vocabulary, a stop token id is outside the
+            vocabulary, or ``num_samples * (prompt + max_tokens)`` is more than
+            `max_request_tokens`.
 
     Example:
         >>> from tinkex_jax.types import ModelInput, SamplingParams
@@ -201,6 +222,10 @@ def sample_job(request: SampleRequest, info: BaseModelInfo, *, default_max_token
         >>> job.max_tokens, job.stop_tokens, job.seed
         (6, (9,), 3)
     """
+    for name in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):
+        _check_k(name, getattr(request, name), info)
+    if request.target_prompt_logprobs is not None:
+        _check_k("target_prompt_logprobs width", request.target_prompt_logprobs.shape[1], info)
     prompt = prompt_tokens(request, info)
     params = request.sampling_params
     room = info.max_context_length - int(prompt.size)
@@ -217,6 +242,13 @@ def sample_job(request: SampleRequest, info: BaseModelInfo, *, default_max_token
             f"({info.max_context_length}). Fix: pass max_tokens <= {room}.")
     else:
         max_tokens = params.max_tokens
+    work = request.num_samples * (int(prompt.size) + max_tokens)
+    if max_request_tokens is not None and work > max_request_tokens:
+        raise UserError(
+            f"num_samples * (prompt + max_tokens) = {request.num_samples} * ({prompt.size} + "
+            f"{max_tokens}) = {work} tokens is more than this server takes in one request "
+            f"({max_request_tokens}: tinkex serve --max-request-tokens). Fix: lower "
+            "num_samples or max_tokens, or send several requests.")
     stop_tokens: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
     if params.stop is None:
@@ -234,8 +266,10 @@ def sample_job(request: SampleRequest, info: BaseModelInfo, *, default_max_token
         seed_value = seed
     else:
         seed_value = int.from_bytes(os.urandom(8), "little") % (2**63)
+    top_k = int(params.top_k)
     return SampleJob(prompt=prompt, num_samples=request.num_samples, max_tokens=max_tokens,
-                     temperature=float(params.temperature), top_k=int(params.top_k),
+                     temperature=float(params.temperature),
+                     top_k=-1 if top_k >= info.vocab_size else top_k,
                      top_p=float(params.top_p), seed=seed_value, stop_tokens=stop_tokens,
                      stop_strings=stop_strings)
 

@@ -11,9 +11,15 @@
   model is one lane, so its requests run one at a time in arrival order (optim_step, save
   and load are barriers); each sample gets a lane of its own.
 
-Also here, because several services need them: the base-model lookup and the implicit
-session row. The services (`_sessions`, `_training`, `_weights`, `_sampling`, `_catalog`)
-build on this; `_engine.Engine` wires them together.
+* **Owners.** Everything a request creates belongs to the caller's owner name (a hash of
+  its key, `tinkex_jax.local._jwt.key_owner`, or its JWT's subject): futures here, rows in
+  `Storage`. A service looks a thing up for an owner and answers 404 when it belongs to
+  another; ``owner=None`` is the server's own access (housekeeping, an open console).
+
+Also here, because several services need them: the base-model lookup and the session
+lookup (sessions are created only by ``create_session``, never implicitly). The services
+(`_sessions`, `_training`, `_weights`, `_sampling`, `_catalog`) build on this;
+`_engine.Engine` wires them together.
 
 This module must not know any request type beyond its dedup key, must not touch HTTP, and
 never blocks the event loop: `submit` only queues, the work runs on a compute worker.
@@ -51,10 +57,10 @@ from ..wire import encode_json
 from ._backend import Backend, BaseModelInfo
 from ._config import ServerConfig
 from ._effects import Effects
-from ._errors import ServerError, UserError
+from ._errors import GoneError, NotFoundError, ServerError, UserError
 from ._futures import JSON, FutureStore, Outcome, Payload
 from ._scheduler import Scheduler
-from ._storage import SessionRow, Storage
+from ._storage import SessionRow, Storage, may_use
 
 __all__ = ["Core", "Dedup", "Json", "Key", "fingerprint", "json_payload"]
 
@@ -183,15 +189,16 @@ class Core:
             self._dedup.put(key, body_fp, response)
 
     def submit(self, kind: str, lane: str, key: Key | None, body_fp: bytes,
-               work: Callable[[], Payload], extra: Json | None = None) -> Json:
-        """Queue `work` in `lane` behind a new future; returns the future's JSON.
+               work: Callable[[], Payload], extra: Json | None = None, *,
+               owner: str | None = None) -> Json:
+        """Queue `work` in `lane` behind a new future of `owner`; returns the future's JSON.
 
         The answer (``request_id`` plus `extra`) is remembered under `key` before the work
         runs. Errors of the work reject the future: `ServerError` and `ValidationError`
         with their message, anything else as a server bug.
         """
         with self.lock:
-            request_id = self.futures.create(kind)
+            request_id = self.futures.create(kind, owner)
             response: Json = {"request_id": request_id, **(extra or {})}
             if key is not None:
                 self._dedup.put(key, body_fp, response)
@@ -219,9 +226,11 @@ class Core:
         """A lane no other request uses (each sample runs independently)."""
         return f"{prefix}:{next(self._one_shot)}"
 
-    async def retrieve(self, request_id: str, timeout: float) -> Outcome | None:
-        """Long-poll one future (None while it is still pending after `timeout`)."""
-        return await self.futures.wait(request_id, timeout)
+    async def retrieve(self, request_id: str, timeout: float, owner: str | None = None
+                       ) -> Outcome | None:
+        """Long-poll one future of `owner` (None while it is still pending after
+        `timeout`; `NotFoundError` for another owner's)."""
+        return await self.futures.wait(request_id, timeout, owner)
 
     def collect(self) -> None:
         """Forget results past their retention."""
@@ -243,10 +252,24 @@ class Core:
             raise UserError(f"Base model {name!r} could not be loaded by the local "
                             f"backend{cause}") from None
 
-    def ensure_session(self, session_id: str) -> None:
-        """Create the row of a session first named by a request (clients may skip
-        create_session)."""
-        if self.storage.get_session(session_id) is None:
-            now = self.storage.now()
-            self.storage.create_session(SessionRow(session_id=session_id, created_at=now,
-                                                   last_seen=now))
+    def session(self, session_id: str, owner: str | None, *, live: bool = False
+                ) -> SessionRow:
+        """A session `owner` may use; with `live`, one that is not finished (to create
+        something in it).
+
+        Raises:
+            NotFoundError: no such session, or it belongs to another owner (sessions are
+                made only by ``create_session``).
+            GoneError: `live` and the session has finished.
+        """
+        row = self.storage.get_session(session_id)
+        if row is None or not may_use(row.owner, owner):
+            raise NotFoundError(
+                f"Unknown session {session_id!r}. Fix: create one with create_session first "
+                "(a ServiceClient does this when it starts) and use the id it returns, with "
+                "the same API key.")
+        if live and row.finished_at is not None:
+            raise GoneError(
+                f"Session {session_id!r} is finished ({row.finish_reason}); nothing new can "
+                "be created in it. Fix: create a new ServiceClient.")
+        return row

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from ._backend import Backend
 from ._catalog import Catalog
-from ._config import ServerConfig
+from ._config import ServerConfig, with_api_key
 from ._core import Core
 from ._effects import REAL_EFFECTS, Effects
 from ._sampling import Sampling
@@ -50,7 +50,8 @@ class Engine:
     """The local backend's services over one core (see the module docstring).
 
     Args:
-        config: Server settings.
+        config: Server settings (without an API key, the data directory's stored key is
+            used: `with_api_key`; ``self.config`` has it).
         backend: The array work (the JAX model layer, or a test fake).
         storage: Durable state; opened from ``config.data_dir`` with ``effects.clock``
             when omitted (a given storage keeps its own clock).
@@ -59,7 +60,7 @@ class Engine:
 
     def __init__(self, config: ServerConfig, backend: Backend,
                  storage: Storage | None = None, effects: Effects = REAL_EFFECTS) -> None:
-        self.config = config
+        self.config = config = with_api_key(config)
         self.storage = (storage if storage is not None
                         else Storage(config.data_dir, clock=effects.clock))
         self.core = Core(config, backend, self.storage, effects)

@@ -13,6 +13,7 @@ __all__ = [
     "GoneError",
     "InvalidTokenError",
     "NotFoundError",
+    "PayloadTooLargeError",
     "PermissionDeniedError",
     "SamplingBackpressureError",
     "ServerError",
@@ -87,6 +88,14 @@ class NotFoundError(ServerError):
     status = 404
     category = "user"
     code = "not_found"
+
+
+class PayloadTooLargeError(ServerError):
+    """The body (as sent, or once decompressed) is over the server's limit (HTTP 413)."""
+
+    status = 413
+    category = "user"
+    code = "payload_too_large"
 
 
 class ConflictError(ServerError):

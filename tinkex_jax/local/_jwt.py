@@ -8,8 +8,10 @@ invalidates every issued token at once (clients then get 401 with
 ``WWW-Authenticate: Bearer error="invalid_token"`` and exchange again).
 
 This makes the protocol testable end to end; it is not an identity system. Claims:
-``iss`` ``tinkex-local``, ``sub`` ``tml:user:local-<12 hex digits of the key's SHA-256>``,
-``org_id`` ``local``, ``email`` empty, ``iat``, ``exp`` and a random ``jti``.
+``iss`` ``tinkex-local``, ``sub`` the key's owner (`key_owner`:
+``tml:user:local-<32 hex digits of the key's SHA-256>``), ``org_id`` ``local``, ``email``
+empty, ``iat``, ``exp`` and a random ``jti``. What a JWT's holder creates belongs to its
+``sub``, so a key and the JWTs minted from it own the same things.
 
 Example:
     >>> signer = JwtSigner(lifetime_s=600.0, clock=lambda: 1000.0)
@@ -32,10 +34,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ISSUER", "JwtSigner"]
+__all__ = ["ISSUER", "JwtSigner", "key_owner"]
 
 ISSUER = "tinkex-local"
 _HEADER = {"alg": "HS256", "typ": "JWT"}
+
+
+def key_owner(key: str) -> str:
+    """The owner name of an API key: a hash of it (never the key), stored with what the key
+    creates and used as the ``sub`` of the JWTs minted for it.
+
+    Example:
+        >>> owner = key_owner("tml-local")
+        >>> owner.startswith("tml:user:local-"), len(owner), "tml-local" in owner
+        (True, 47, False)
+    """
+    return "tml:user:local-" + hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:32]
 
 
 def _b64(data: bytes) -> str:
@@ -76,8 +90,7 @@ class JwtSigner:
     def mint(self, credential: str) -> str:
         """A JWT for the holder of `credential` (an accepted key, or a JWT of ours)."""
         claims = self.verify(credential) if credential.startswith("eyJ") else None
-        subject = (claims or {}).get("sub") or (
-            "tml:user:local-" + hashlib.sha256(credential.encode()).hexdigest()[:12])
+        subject = (claims or {}).get("sub") or key_owner(credential)
         now = int(self._clock())
         payload = {"iss": ISSUER, "sub": subject, "org_id": "local", "email": "", "iat": now,
                    "exp": now + max(1, int(self.lifetime_s)), "jti": secrets.token_hex(8)}

@@ -13,6 +13,10 @@ the stability records of sampled sequences.
   prompt, tokens and logprobs in `StabilityRecords`, which `_training` resolves for losses
   that need provenance.
 
+A sampling session belongs to the owner that created it (for ``save_weights_for_sampler``,
+the training model's owner); another owner gets 404 for it. Sampling from a path needs read
+access to the checkpoint (its own, or published).
+
 Each sample runs in a lane of its own on the compute workers. This module never touches
 HTTP, never blocks the event loop, and reads saved weights only through `Weights`.
 """
@@ -34,7 +38,7 @@ from ._core import Core, Json, json_payload
 from ._errors import NotFoundError, SamplingBackpressureError, UserError
 from ._futures import PROTOBUF, Payload
 from ._stability import SequenceRecord, StabilityRecords, with_logprob_noise
-from ._storage import SamplerRow
+from ._storage import SamplerRow, may_use
 from ._training import LiveModel, Training
 from ._weights import Weights
 
@@ -111,15 +115,15 @@ class Sampling:
                 self._handles.popitem(last=False)
         return handle
 
-    def _sampler(self, sampler_id: str) -> LiveSampler:
+    def _sampler(self, sampler_id: str, owner: str | None = None) -> LiveSampler:
         with self.core.lock:
             sampler = self._samplers.get(sampler_id)
-            if sampler is not None:
+            if sampler is not None and may_use(sampler.row.owner, owner):
                 self._samplers.move_to_end(sampler_id)
                 return sampler
             evicted = sampler_id in self._evicted
-        row = self.core.storage.get_sampler(sampler_id)
-        if row is None:
+        row = self.core.storage.get_sampler(sampler_id) if sampler is None else None
+        if row is None or not may_use(row.owner, owner):
             raise NotFoundError(f"Unknown sampling session {sampler_id!r}. Fix: create a "
                                 "sampling client on this server first.")
         if row.model_path is None and row.source_run_id is not None:
@@ -136,9 +140,11 @@ class Sampling:
         with self.core.lock:
             return self._samplers[sampler_id]
 
-    def create_sampling_session(self, req: CreateSamplingSessionRequest, body_fp: bytes
-                                ) -> Json:
-        """``create_sampling_session`` from a base model or saved weights (loads them)."""
+    def create_sampling_session(self, req: CreateSamplingSessionRequest, body_fp: bytes,
+                                owner: str | None = None) -> Json:
+        """``create_sampling_session`` in a session of `owner`, from a base model or saved
+        weights it may read (loads them)."""
+        self.core.session(req.session_id, owner)
         key = ("sampling_seq", req.session_id, str(req.sampling_session_seq_id))
         what = (f"sampling_session_seq_id {req.sampling_session_seq_id} of session "
                 f"{req.session_id!r}")
@@ -146,16 +152,16 @@ class Sampling:
         if seen is not None:
             return seen
         sampler_id = f"{req.session_id}:sample:{req.sampling_session_seq_id}"
-        self.core.ensure_session(req.session_id)
         adapter = None
         if req.model_path is not None:
-            base, adapter = self.weights.adapter_at(req.model_path)
+            base, adapter = self.weights.adapter_at(req.model_path, owner)
         else:
             base = str(req.base_model)
             self.core.base(base)
         row = SamplerRow(sampler_id=sampler_id, session_id=req.session_id,
                          seq_id=req.sampling_session_seq_id, base_model=base,
-                         created_at=self.core.storage.now(), model_path=req.model_path)
+                         created_at=self.core.storage.now(), model_path=req.model_path,
+                         owner=owner)
         response = {"sampling_session_id": sampler_id, "type": "create_sampling_session"}
         with self.core.lock:
             seen = self.core.seen(key, body_fp, what)
@@ -170,8 +176,8 @@ class Sampling:
             self.core.remember(key, body_fp, response)
         return response
 
-    def submit_save_for_sampler(self, req: SaveWeightsForSamplerRequest, body_fp: bytes
-                                ) -> Json:
+    def submit_save_for_sampler(self, req: SaveWeightsForSamplerRequest, body_fp: bytes,
+                                owner: str | None = None) -> Json:
         """``save_weights_for_sampler``: a named sampler checkpoint, or (no name) a sampling
         session over the model's current in-memory weights."""
 
@@ -199,7 +205,7 @@ class Sampling:
                 row = SamplerRow(sampler_id=sampler_id, session_id=session_id, seq_id=seq,
                                  base_model=model.run.base_model,
                                  created_at=self.core.storage.now(),
-                                 source_run_id=model.model_id)
+                                 source_run_id=model.model_id, owner=model.run.owner)
                 self.core.storage.create_sampler(row)
                 self._add(LiveSampler(row=row, adapter=model.adapter))
                 return json_payload({"sampling_session_id": sampler_id,
@@ -208,34 +214,35 @@ class Sampling:
             return snapshot
 
         return self.training.submit_op("SaveWeightsForSampler", req.model_id, req.seq_id,
-                                       body_fp, prepare)
+                                       body_fp, prepare, owner=owner)
 
-    def get_sampler(self, sampler_id: str) -> Json:
+    def get_sampler(self, sampler_id: str, owner: str | None = None) -> Json:
         """``GET samplers/{id}``."""
         row = self.core.storage.get_sampler(sampler_id)
-        if row is None:
+        if row is None or not may_use(row.owner, owner):
             raise NotFoundError(f"Unknown sampler {sampler_id!r}.")
         out: Json = {"sampler_id": row.sampler_id, "base_model": row.base_model}
         if row.model_path is not None:
             out["model_path"] = row.model_path
         return out
 
-    def join_sampling_session(self, sampler_id: str) -> Json:
+    def join_sampling_session(self, sampler_id: str, owner: str | None = None) -> Json:
         """``join_sampling_session``: a fresh clone number for an unpickled client."""
-        sampler = self._sampler(sampler_id)
+        sampler = self._sampler(sampler_id, owner)
         with self.core.lock:
             sampler.clones += 1
             return {"client_counter": sampler.clones, "type": "join_sampling_session"}
 
     # ------------------------------------------------------------------ samples
 
-    def submit_sample(self, req: SampleRequest, body_fp: bytes) -> Json:
-        """``asample``: queue a sampling request."""
+    def submit_sample(self, req: SampleRequest, body_fp: bytes, owner: str | None = None
+                      ) -> Json:
+        """``asample``: queue a sampling request of `owner`."""
         if req.sampling_session_id is not None:
-            sampler = self._sampler(req.sampling_session_id)
+            sampler = self._sampler(req.sampling_session_id, owner)
             sampler_key = req.sampling_session_id
         elif req.model_path is not None:
-            base, adapter = self.weights.adapter_at(req.model_path)
+            base, adapter = self.weights.adapter_at(req.model_path, owner)
             sampler = _ad_hoc(base, adapter)
             sampler_key = ""
         elif req.base_model is not None:
@@ -255,7 +262,7 @@ class Sampling:
         seed = (None if req.sampling_params.seed is not None
                 else self.core.effects.random_bits(64) % (2**63))
         job = sample_job(req, info, default_max_tokens=self.core.config.max_tokens_default,
-                         seed=seed)
+                         seed=seed, max_request_tokens=self.core.config.max_request_tokens)
         if req.record_stability_info and not sampler_key:
             raise UserError(
                 "record_stability_info needs a sampling session (its records belong to the "
@@ -300,7 +307,8 @@ class Sampling:
 
         try:
             return self.core.submit("Sample", self.core.one_shot_lane("sample"), key, body_fp,
-                                    admitted_work, {"sample_sequence_ids": seq_ids})
+                                    admitted_work, {"sample_sequence_ids": seq_ids},
+                                    owner=owner)
         except BaseException:
             self._release()
             raise

@@ -18,9 +18,9 @@ from types import TracebackType
 from typing import Any
 
 from ._backend import Backend
-from ._config import DEFAULT_BASE_MODELS, LOCALHOST, ServerConfig
+from ._config import DEFAULT_BASE_MODELS, LOCALHOST, ServerConfig, is_loopback
 
-__all__ = ["LocalServer", "build_app", "run_server", "serve"]
+__all__ = ["LocalServer", "build_app", "exposure_warning", "run_server", "serve"]
 
 _log = logging.getLogger("tinkex_jax.local")
 
@@ -46,9 +46,33 @@ def build_app(config: ServerConfig, backend: Backend | None = None) -> Any:
     return create_app(Engine(config, backend))
 
 
-def _uvicorn_server(app: Any, config: ServerConfig, *, log_level: str) -> Any:
-    """A uvicorn server that stops cleanly on SIGINT/SIGTERM (no re-raised signal)."""
+def exposure_warning(config: ServerConfig) -> str | None:
+    """What to say when `config` binds an interface other machines can reach (None when it
+    does not).
+
+    Example:
+        >>> exposure_warning(ServerConfig(data_dir=Path("unused"))) is None
+        True
+        >>> print(exposure_warning(ServerConfig(data_dir=Path("unused"), host="0.0.0.0")))
+        the server listens on 0.0.0.0: anyone who can reach this machine can connect. Every request needs the API key; keep it secret, and prefer 127.0.0.1 (an SSH tunnel) unless you mean to share the server.
+    """
+    if is_loopback(config.host):
+        return None
+    return (f"the server listens on {config.host}: anyone who can reach this machine can "
+            "connect. Every request needs the API key; keep it secret, and prefer 127.0.0.1 "
+            "(an SSH tunnel) unless you mean to share the server.")
+
+
+def _uvicorn_server(app: Any, config: ServerConfig, *, log_level: str,
+                    embedded: bool = False) -> Any:
+    """A uvicorn server that stops cleanly on SIGINT/SIGTERM (no re-raised signal).
+
+    `embedded` (a server inside someone else's process): leave the process's logging alone;
+    uvicorn's own logging setup would first close every handler the process has (a
+    notebook's, a test runner's captured stderr).
+    """
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     class _Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -66,7 +90,8 @@ def _uvicorn_server(app: Any, config: ServerConfig, *, log_level: str) -> Any:
 
     return _Server(uvicorn.Config(app, host=config.host, port=config.port,
                                   log_level=log_level, access_log=False, lifespan="on",
-                                  timeout_graceful_shutdown=2, ws="none"))
+                                  timeout_graceful_shutdown=2, ws="none",
+                                  log_config=None if embedded else LOGGING_CONFIG))
 
 
 class LocalServer:
@@ -78,13 +103,14 @@ class LocalServer:
         >>> config = ServerConfig(data_dir=Path(tempfile.mkdtemp()), port=0, warm_up=False,
         ...                       base_models=("tinkex-jax/tiny",))
         >>> with LocalServer(config) as server:
-        ...     server.base_url.startswith("http://127.0.0.1:"), server.api_key
-        (True, 'tml-local')
+        ...     server.base_url.startswith("http://127.0.0.1:"), server.api_key[:4]
+        (True, 'tml-')
 
     Attributes:
         config: The server settings (``port`` is the real port once started).
         base_url: ``http://host:port``: pass it as ``base_url`` to any Tinker client.
-        api_key: A key the server accepts (the configured one, else ``"tml-local"``).
+        api_key: A key the server accepts (its configured or generated key; ``"tml-local"``
+            on a no-auth server).
     """
 
     def __init__(self, config: ServerConfig, backend: Backend | None = None) -> None:
@@ -102,8 +128,11 @@ class LocalServer:
 
     @property
     def api_key(self) -> str:
-        """A key this server accepts."""
+        """A key this server accepts (never logged)."""
         return self.config.api_key or "tml-local"
+
+    def __repr__(self) -> str:
+        return f"LocalServer(base_url={self.base_url!r}, api_key=<redacted>)"
 
     @property
     def engine(self) -> Any:
@@ -149,10 +178,15 @@ class LocalServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((self.config.host, self.config.port))
         self.config = self.config.replace(port=sock.getsockname()[1])
+        warning = exposure_warning(self.config)
+        if warning is not None:
+            _log.warning("%s", warning)
         engine = Engine(self.config, backend)
+        self.config = engine.config  # with its API key
         self.app = create_app(engine)
         self.app.state.engine = engine
-        self._server = _uvicorn_server(self.app, self.config, log_level="warning")
+        self._server = _uvicorn_server(self.app, self.config, log_level="warning",
+                                       embedded=True)
 
         def run() -> None:
             try:
@@ -203,8 +237,12 @@ def serve(data_dir: str | os.PathLike[str] | None = None, port: int = 0, *,
         port: TCP port; 0 picks a free one.
         base_models: Base models to offer (preset names or local Hugging Face directories).
         host: Interface to bind (127.0.0.1 by default; keep it local).
-        api_key: Require exactly this key (must start with ``tml-``); otherwise any ``tml-``
-            key is accepted.
+        api_key: The key to accept (must start with ``tml-``); None: the data directory's
+            key (made at random once, kept in ``<data_dir>/api_key``). Either way
+            ``server.api_key`` gives it to clients. ``no_auth=True`` (loopback
+            only) accepts any ``tml-`` key instead, ``extra_api_keys=(...)`` more keys;
+            each key owns what it creates (see docs/local-backend.md, "Limits and
+            security").
         backend: Model backend (default: the JAX model layer).
         **settings: Other `ServerConfig` fields (e.g. ``long_poll_timeout_s``).
 
@@ -238,6 +276,7 @@ def serve(data_dir: str | os.PathLike[str] | None = None, port: int = 0, *,
 
 def run_server(config: ServerConfig, backend: Backend | None = None, *,
                log_level: str = "info") -> None:
-    """Serve in the foreground until interrupted (Ctrl-C / SIGTERM)."""
+    """Serve in the foreground until interrupted (Ctrl-C / SIGTERM). The caller says what
+    `exposure_warning` says, if anything (``tinkex serve`` prints it)."""
     app = build_app(config, backend)
     _uvicorn_server(app, config, log_level=log_level).run()

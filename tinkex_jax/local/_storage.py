@@ -33,14 +33,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CheckpointRow", "RunRow", "SamplerRow", "SessionRow", "Storage"]
+__all__ = ["LEGACY_OWNERS", "CheckpointRow", "RunRow", "SamplerRow", "SessionRow", "Storage",
+           "may_use"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY, created_at REAL NOT NULL, last_seen REAL NOT NULL DEFAULT 0,
     finished_at REAL, finish_reason TEXT, finish_detail TEXT, tags TEXT NOT NULL DEFAULT '[]',
     user_metadata TEXT NOT NULL DEFAULT '{}', sdk_version TEXT NOT NULL DEFAULT '',
-    project_id TEXT, display_name TEXT
+    project_id TEXT, display_name TEXT, owner TEXT
 );
 CREATE TABLE IF NOT EXISTS training_runs (
     run_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, model_seq_id INTEGER NOT NULL,
@@ -52,13 +53,14 @@ CREATE TABLE IF NOT EXISTS training_runs (
 );
 CREATE TABLE IF NOT EXISTS samplers (
     sampler_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, seq_id INTEGER NOT NULL,
-    base_model TEXT NOT NULL, model_path TEXT, source_run_id TEXT, created_at REAL NOT NULL
+    base_model TEXT NOT NULL, model_path TEXT, source_run_id TEXT, created_at REAL NOT NULL,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT NOT NULL, checkpoint_id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
     tinker_path TEXT NOT NULL, dir TEXT NOT NULL, size_bytes INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL, expires_at REAL, public INTEGER NOT NULL DEFAULT 0,
-    user_metadata TEXT, has_optimizer INTEGER NOT NULL DEFAULT 0,
+    user_metadata TEXT, has_optimizer INTEGER NOT NULL DEFAULT 0, owner TEXT,
     PRIMARY KEY (run_id, checkpoint_id)
 );
 CREATE INDEX IF NOT EXISTS checkpoints_by_time ON checkpoints (created_at);
@@ -80,6 +82,7 @@ class SessionRow:
     sdk_version: str = ""
     project_id: str | None = None
     display_name: str | None = None
+    owner: str | None = None  # `may_use`
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class SamplerRow:
     created_at: float
     model_path: str | None = None
     source_run_id: str | None = None
+    owner: str | None = None  # `may_use`
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,26 @@ class CheckpointRow:
     public: bool = False
     user_metadata: dict[str, str] | None = None
     has_optimizer: bool = False
+    owner: str | None = None  # `may_use`; the owner of its run
+
+
+#: Owners of rows written before owners were recorded (an older data directory): such rows
+#: stay open to every key, as they were.
+LEGACY_OWNERS = (None, "local")
+_OWNED = "(owner = ? OR owner IS NULL OR owner = 'local')"
+
+
+def may_use(row_owner: str | None, owner: str | None) -> bool:
+    """Whether `owner` may use a row owned by `row_owner` (None asks for every row: the
+    server's own housekeeping and an open server's console).
+
+    Example:
+        >>> may_use("tml:user:local-a", "tml:user:local-a"), may_use("tml:user:local-a", "b")
+        (True, False)
+        >>> may_use(None, "b"), may_use("tml:user:local-a", None)
+        (True, True)
+    """
+    return owner is None or row_owner in LEGACY_OWNERS or row_owner == owner
 
 
 _JSON_FIELDS = {"tags", "user_metadata", "optimizer_config"}
@@ -198,6 +222,10 @@ class Storage:
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(training_runs)")}
         if "corrupted" not in columns:
             self._db.execute("ALTER TABLE training_runs ADD COLUMN corrupted TEXT")
+        for table in ("sessions", "samplers", "checkpoints"):
+            names = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if "owner" not in names:  # written before owners were recorded
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN owner TEXT")
 
     def now(self) -> float:
         """The storage clock's current time (epoch seconds)."""
@@ -252,10 +280,12 @@ class Storage:
                            "max(last_seen, created_at) < ?", (before,))
         return [r["session_id"] for r in rows]
 
-    def list_sessions(self, limit: int, offset: int) -> list[SessionRow]:
-        """Sessions, newest first."""
-        rows = self._query("SELECT * FROM sessions ORDER BY created_at DESC, rowid DESC "
-                           "LIMIT ? OFFSET ?", (limit, offset))
+    def list_sessions(self, limit: int, offset: int, owner: str | None = None
+                      ) -> list[SessionRow]:
+        """Sessions `owner` may use (None: all), newest first."""
+        where, args = _owner_filter(owner)
+        rows = self._query(f"SELECT * FROM sessions {where} ORDER BY created_at DESC, "
+                           "rowid DESC LIMIT ? OFFSET ?", (*args, limit, offset))
         return [_from_db(SessionRow, r) for r in rows]
 
     def touch_session(self, session_id: str) -> None:
@@ -288,11 +318,13 @@ class Storage:
         rows = self._query("SELECT * FROM training_runs WHERE run_id = ?", (run_id,))
         return _from_db(RunRow, rows[0]) if rows else None
 
-    def list_runs(self, limit: int, offset: int) -> tuple[list[RunRow], int]:
-        """Training runs, newest first, and the total count."""
-        rows = self._query("SELECT * FROM training_runs ORDER BY created_at DESC, rowid DESC "
-                           "LIMIT ? OFFSET ?", (limit, offset))
-        total = self._query("SELECT COUNT(*) AS n FROM training_runs")[0]["n"]
+    def list_runs(self, limit: int, offset: int, owner: str | None = None
+                  ) -> tuple[list[RunRow], int]:
+        """Training runs `owner` may use (None: all), newest first, and their count."""
+        where, args = _owner_filter(owner)
+        rows = self._query(f"SELECT * FROM training_runs {where} ORDER BY created_at DESC, "
+                           "rowid DESC LIMIT ? OFFSET ?", (*args, limit, offset))
+        total = self._query(f"SELECT COUNT(*) AS n FROM training_runs {where}", args)[0]["n"]
         return [_from_db(RunRow, r) for r in rows], int(total)
 
     def runs_of_session(self, session_id: str) -> list[str]:
@@ -386,13 +418,18 @@ class Storage:
         return self._live(self._query(
             "SELECT * FROM checkpoints WHERE run_id = ? ORDER BY created_at, rowid", (run_id,)))
 
-    def list_all_checkpoints(self, limit: int, offset: int) -> tuple[list[CheckpointRow], int]:
-        """Live checkpoints of every run, newest first, and their total count."""
+    def list_all_checkpoints(self, limit: int, offset: int, owner: str | None = None
+                             ) -> tuple[list[CheckpointRow], int]:
+        """Live checkpoints `owner` may use (None: all; published ones of other owners are
+        not listed), newest first, and their total count."""
         now = self._clock()
-        where = "WHERE expires_at IS NULL OR expires_at > ?"
+        where = "WHERE (expires_at IS NULL OR expires_at > ?)"
+        args: tuple[Any, ...] = (now,)
+        if owner is not None:
+            where, args = f"{where} AND {_OWNED}", (now, owner)
         rows = self._query(f"SELECT * FROM checkpoints {where} ORDER BY created_at DESC, "
-                           "rowid DESC LIMIT ? OFFSET ?", (now, limit, offset))
-        total = self._query(f"SELECT COUNT(*) AS n FROM checkpoints {where}", (now,))[0]["n"]
+                           "rowid DESC LIMIT ? OFFSET ?", (*args, limit, offset))
+        total = self._query(f"SELECT COUNT(*) AS n FROM checkpoints {where}", args)[0]["n"]
         return [_from_db(CheckpointRow, r) for r in rows], int(total)
 
     def latest_checkpoint(self, run_id: str, kind: str) -> CheckpointRow | None:
@@ -443,6 +480,11 @@ class Storage:
         for path in self.checkpoint_root.iterdir():
             if path.is_dir() and path.name not in known and path.stat().st_mtime < cutoff:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def _owner_filter(owner: str | None) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause (and its arguments) keeping the rows `owner` may use."""
+    return ("", ()) if owner is None else (f"WHERE {_OWNED}", (owner,))
 
 
 def _to_db_plain(row: CheckpointRow) -> dict[str, Any]:

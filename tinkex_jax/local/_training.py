@@ -12,6 +12,10 @@ running sum of its gradients, served in its own lane of the `Core` scheduler:
 * **Corruption.** `Training.corrupt_run` marks a run as a hosted server does when its state
   is lost: only loading a checkpoint into it is accepted until then.
 
+A training model belongs to the owner whose request created it (its run row's ``owner``);
+every request naming it for another owner is answered 404, before its dedup key is looked
+at, so no one learns another owner's request ids.
+
 `submit_op` and `submit_new_model` are the two request shapes (an operation on a live
 model; a new model) that `_weights` and `_sampling` reuse for saving and loading.
 
@@ -44,7 +48,7 @@ from ._core import Core, Json, Key, json_payload
 from ._errors import NotFoundError, UserError
 from ._futures import PROTOBUF, Payload
 from ._stability import StabilityRecords, stability_metrics
-from ._storage import RunRow
+from ._storage import RunRow, may_use
 
 __all__ = ["LiveModel", "Training"]
 
@@ -82,13 +86,15 @@ class Training:
 
     # ------------------------------------------------------------------ registry
 
-    def model(self, model_id: str) -> LiveModel:
-        """The live model `model_id`, or a `NotFoundError` saying why there is none."""
+    def model(self, model_id: str, owner: str | None = None) -> LiveModel:
+        """The live model `model_id` of `owner`, or a `NotFoundError` saying why there is
+        none."""
         with self.core.lock:
             model = self._models.get(model_id)
-        if model is not None:
+        if model is not None and may_use(model.run.owner, owner):
             return model
-        if self.core.storage.get_run(model_id) is not None:
+        run = self.core.storage.get_run(model_id) if model is None else None
+        if run is not None and may_use(run.owner, owner):
             raise NotFoundError(
                 f"Training model {model_id!r} is not loaded: the local server restarted (or "
                 "its session finished) since it was created. Fix: continue from its last "
@@ -96,6 +102,17 @@ class Training:
         raise NotFoundError(
             f"Unknown model_id {model_id!r}. Fix: use the id of a training client created on "
             "this server (create_lora_training_client / create_training_client_from_state).")
+
+    def check_owner(self, model_id: str, owner: str | None) -> None:
+        """Raise the standard 404 unless `owner` may use training run `model_id` (live or
+        not); `owner` None passes."""
+        if owner is None:
+            return
+        with self.core.lock:
+            model = self._models.get(model_id)
+        run = model.run if model is not None else self.core.storage.get_run(model_id)
+        if run is None or not may_use(run.owner, owner):
+            self.model(model_id, owner)  # raises the 404
 
     def is_loaded(self, model_id: str) -> bool:
         """Whether `model_id` is a live model (not yet unloaded or freed)."""
@@ -115,21 +132,22 @@ class Training:
                 del self._models[model.model_id]
 
     def _register(self, model_id: str, session_id: str, model_seq_id: int, base: str,
-                  spec: AdapterSpec, metadata: Mapping[str, Any] | None) -> LiveModel:
+                  spec: AdapterSpec, metadata: Mapping[str, Any] | None,
+                  owner: str | None) -> LiveModel:
         storage = self.core.storage
+        self.core.session(session_id, owner, live=True)
         with self.core.lock:
             if model_id in self._models:
                 raise UserError(
                     f"model_seq_id {model_seq_id} of session {session_id!r} already names "
                     f"model {model_id!r}. Fix: use the next model_seq_id (clients count them).")
-            self.core.ensure_session(session_id)
             now = storage.now()
             run = RunRow(run_id=model_id, session_id=session_id, model_seq_id=model_seq_id,
                          base_model=base, lora_rank=spec.rank, lora_seed=spec.seed,
                          lora_alpha=spec.alpha, train_attn=spec.train_attn,
                          train_mlp=spec.train_mlp, train_unembed=spec.train_unembed,
                          created_at=now, last_request_time=now,
-                         user_metadata=dict(metadata or {}))
+                         user_metadata=dict(metadata or {}), owner=owner or "local")
             storage.create_run(run)
             model = LiveModel(model_id=model_id, run=run, spec=spec, lane=f"model:{model_id}")
             self._models[model_id] = model
@@ -153,9 +171,11 @@ class Training:
 
     # ------------------------------------------------------------------ request shapes
 
-    def new_model_key(self, session_id: str, model_seq_id: int, body_fp: bytes
-                      ) -> tuple[Key, Json | None]:
-        """The dedup key of a model creation and the earlier answer to it, if any."""
+    def new_model_key(self, session_id: str, model_seq_id: int, body_fp: bytes,
+                      owner: str | None = None) -> tuple[Key, Json | None]:
+        """The dedup key of a model creation in a session of `owner` and the earlier answer
+        to it, if any."""
+        self.core.session(session_id, owner)
         key = ("model_seq", session_id, str(model_seq_id))
         return key, self.core.seen(key, body_fp, f"model_seq_id {model_seq_id} of session "
                                    f"{session_id!r}")
@@ -164,11 +184,12 @@ class Training:
                          model_seq_id: int, base: str, spec: AdapterSpec,
                          metadata: Mapping[str, Any] | None,
                          init: Callable[[], tuple[Any, Any]], step: int,
-                         answer: Json) -> Json:
-        """Register a new model and queue its initialisation (`init` returns the adapter and
-        the optimizer state) in its lane; a failed `init` fails every later request."""
+                         answer: Json, owner: str | None = None) -> Json:
+        """Register a new model of `owner` and queue its initialisation (`init` returns the
+        adapter and the optimizer state) in its lane; a failed `init` fails every later
+        request."""
         model_id = training_model_id(session_id, model_seq_id)
-        model = self._register(model_id, session_id, model_seq_id, base, spec, metadata)
+        model = self._register(model_id, session_id, model_seq_id, base, spec, metadata, owner)
 
         def work() -> Payload:
             try:
@@ -180,23 +201,28 @@ class Training:
             model.step = step
             return json_payload(answer)
 
-        return self.core.submit(kind, model.lane, key, body_fp, work, {"model_id": model_id})
+        return self.core.submit(kind, model.lane, key, body_fp, work, {"model_id": model_id},
+                                owner=owner)
 
     def submit_op(self, kind: str, model_id: str, seq_id: int | None, body_fp: bytes,
                   prepare: Callable[[LiveModel], Callable[[], Payload]], *,
-                  restoring: bool = False, touch: bool = False) -> Json:
-        """An operation on a live model, in its lane: dedup by ``(model_id, seq_id)``, then
-        ``prepare(model)`` validates (raising before anything is queued) and returns the work.
+                  owner: str | None = None, restoring: bool = False,
+                  touch: bool = False) -> Json:
+        """An operation on a live model of `owner`, in its lane: dedup by ``(model_id,
+        seq_id)``, then ``prepare(model)`` validates (raising before anything is queued) and
+        returns the work.
 
         Args:
+            owner: Who asks (None: the server itself); another owner's model is a 404.
             restoring: The work loads a checkpoint (allowed on a corrupted run).
             touch: Record the request time on the run (training requests).
         """
+        self.check_owner(model_id, owner)
         key = ("model", model_id, str(seq_id))
         seen = self.core.seen(key, body_fp, f"seq_id {seq_id} of model {model_id!r}")
         if seen is not None:
             return seen
-        model = self.model(model_id)
+        model = self.model(model_id, owner)
         work = prepare(model)
 
         def run() -> Payload:
@@ -205,13 +231,15 @@ class Training:
 
         if touch:
             self.core.storage.touch_run(model_id)
-        return self.core.submit(kind, model.lane, key, body_fp, run, {"model_id": model_id})
+        return self.core.submit(kind, model.lane, key, body_fp, run, {"model_id": model_id},
+                                owner=owner)
 
     # ------------------------------------------------------------------ models
 
-    def submit_create_model(self, req: CreateModelRequest, body_fp: bytes) -> Json:
-        """``create_model``: a new LoRA adapter on a base model."""
-        key, seen = self.new_model_key(req.session_id, req.model_seq_id, body_fp)
+    def submit_create_model(self, req: CreateModelRequest, body_fp: bytes,
+                            owner: str | None = None) -> Json:
+        """``create_model``: a new LoRA adapter on a base model, in a session of `owner`."""
+        key, seen = self.new_model_key(req.session_id, req.model_seq_id, body_fp, owner)
         if seen is not None:
             return seen
         self.core.base(req.base_model)
@@ -238,15 +266,16 @@ class Training:
             "CreateModel", key, body_fp, session_id=req.session_id,
             model_seq_id=req.model_seq_id, base=req.base_model, spec=spec,
             metadata=req.user_metadata, init=init, step=0,
-            answer={"model_id": model_id, "type": "create_model"})
+            answer={"model_id": model_id, "type": "create_model"}, owner=owner)
 
-    def get_info(self, model_id: str) -> Json:
+    def get_info(self, model_id: str, owner: str | None = None) -> Json:
         """``get_info``: the base model and LoRA settings of a training model."""
+        self.check_owner(model_id, owner)
         with self.core.lock:
             model = self._models.get(model_id)
         run = model.run if model is not None else self.core.storage.get_run(model_id)
         if run is None:
-            self.model(model_id)  # raises the standard 404
+            self.model(model_id, owner)  # raises the standard 404
             raise AssertionError("unreachable")
         info = self.core.base(run.base_model)
         return {
@@ -260,16 +289,17 @@ class Training:
             "type": "get_info",
         }
 
-    def submit_unload_model(self, req: UnloadModelRequest, body_fp: bytes) -> Json:
+    def submit_unload_model(self, req: UnloadModelRequest, body_fp: bytes,
+                            owner: str | None = None) -> Json:
         """Legacy ``unload_model``: free a training model's memory."""
-        model = self.model(req.model_id)
+        model = self.model(req.model_id, owner)
 
         def work() -> Payload:
             self._forget(model)
             return json_payload({"model_id": req.model_id, "type": "unload_model"})
 
         return self.core.submit("UnloadModel", model.lane, None, body_fp, work,
-                                {"model_id": req.model_id})
+                                {"model_id": req.model_id}, owner=owner)
 
     def corrupt_run(self, run_id: str, reason: str) -> None:
         """Mark a live training run corrupted, as a hosted server does when a run's state is
@@ -286,11 +316,14 @@ class Training:
 
     # ------------------------------------------------------------------ training
 
-    def submit_forward_backward(self, req: ForwardBackwardRequest, body_fp: bytes) -> Json:
+    def submit_forward_backward(self, req: ForwardBackwardRequest, body_fp: bytes,
+                                owner: str | None = None) -> Json:
         """``forward_backward`` / forward: validate, then queue in the model's lane."""
 
         def prepare(model: LiveModel) -> Callable[[], Payload]:
-            items, loss_config = training_items(req, self.core.base(model.run.base_model))
+            items, loss_config = training_items(
+                req, self.core.base(model.run.base_model),
+                max_width=self.core.config.max_logprobs_topk)
             derived: list[dict[str, np.ndarray]] | None = None
             if LOSS_SPECS[req.loss_fn].needs_provenance:  # checked in full before it runs
                 derived = self.stability.resolve(model.run.session_id, req.data)
@@ -313,9 +346,11 @@ class Training:
             return work
 
         kind = "Forward" if req.forward_only else "ForwardBackward"
-        return self.submit_op(kind, req.model_id, req.seq_id, body_fp, prepare, touch=True)
+        return self.submit_op(kind, req.model_id, req.seq_id, body_fp, prepare, owner=owner,
+                              touch=True)
 
-    def submit_optim_step(self, req: OptimStepRequest, body_fp: bytes) -> Json:
+    def submit_optim_step(self, req: OptimStepRequest, body_fp: bytes,
+                          owner: str | None = None) -> Json:
         """``optim_step``: apply the accumulated gradient with AdamW."""
 
         def prepare(model: LiveModel) -> Callable[[], Payload]:
@@ -348,4 +383,4 @@ class Training:
             return work
 
         return self.submit_op("OptimStep", req.model_id, req.seq_id, body_fp, prepare,
-                              touch=True)
+                              owner=owner, touch=True)

@@ -7,6 +7,9 @@ Loading into an existing model is a lane barrier too; loading as a new model reg
 through `Training.submit_new_model`. `_sampling` reuses `Weights.write` for sampler
 checkpoints and `Weights.adapter_at` for sampling from a path.
 
+A checkpoint belongs to the owner of its training run; another owner may read it (load,
+sample, weights_info, copy, download) only when it is published, and gets 404 otherwise.
+
 This module is the only place that writes or reads checkpoint directories for the engine
 (through `_checkpoints`, the file format). It never touches HTTP, and it changes a live
 model only inside that model's lane.
@@ -34,7 +37,7 @@ from ._checkpoints import CheckpointMeta, read_checkpoint, read_meta, write_chec
 from ._core import Core, Json, json_payload
 from ._errors import ConflictError, NotFoundError, UserError
 from ._futures import Payload
-from ._storage import CheckpointRow
+from ._storage import CheckpointRow, may_use
 from ._training import LiveModel, Training
 
 __all__ = ["Weights"]
@@ -56,8 +59,10 @@ class Weights:
 
     # ------------------------------------------------------------------ reading
 
-    def checkpoint(self, path: str, *, kinds: tuple[str, ...]) -> tuple[CheckpointRow, Path]:
-        """A live checkpoint by tinker path (its row and directory)."""
+    def checkpoint(self, path: str, *, kinds: tuple[str, ...], owner: str | None = None
+                   ) -> tuple[CheckpointRow, Path]:
+        """A live checkpoint by tinker path (its row and directory) that `owner` may read:
+        its own, or a published one."""
         try:
             parsed = parse_tinker_path(path)
         except ValidationError as exc:
@@ -69,7 +74,7 @@ class Weights:
                 "save_weights_for_sampler (sampler_weights).")
         storage = self.core.storage
         row = storage.get_checkpoint(parsed.training_run_id, parsed.checkpoint_id)
-        if row is None:
+        if row is None or not (row.public or may_use(row.owner, owner)):
             raise NotFoundError(
                 f"No checkpoint at {path!r} (it never existed, was deleted or expired). Fix: "
                 "list checkpoints with RestClient.list_checkpoints(run_id).")
@@ -86,18 +91,18 @@ class Weights:
             opt_state = backend.optimizer_from_arrays(meta.base_model, adapter, opt_arrays)
         return adapter, opt_state
 
-    def adapter_at(self, path: str) -> tuple[str, Any]:
+    def adapter_at(self, path: str, owner: str | None = None) -> tuple[str, Any]:
         """Base model name and the adapter of saved weights (to sample from them)."""
-        _, directory = self.checkpoint(path, kinds=("sampler_weights", "weights"))
+        _, directory = self.checkpoint(path, kinds=("sampler_weights", "weights"), owner=owner)
         meta = read_meta(directory)
         self.core.base(meta.base_model)
         adapter, _ = self.restore(meta, directory, optimizer=False)
         return meta.base_model, adapter
 
-    def weights_info(self, path: str) -> Json:
+    def weights_info(self, path: str, owner: str | None = None) -> Json:
         """``weights_info``: base model and LoRA settings of a checkpoint."""
         _, directory = self.checkpoint(path, kinds=("weights", "sampler_weights",
-                                                    "external_weights"))
+                                                    "external_weights"), owner=owner)
         meta = read_meta(directory)
         return {"base_model": meta.base_model, "optimizer_config": dict(meta.optimizer_config),
                 "is_lora": True, "lora_rank": meta.lora.rank,
@@ -132,13 +137,14 @@ class Weights:
                 dir=staged.name, created_at=now,
                 expires_at=None if ttl_seconds is None else now + ttl_seconds,
                 user_metadata=dict(metadata) if metadata is not None else None,
-                has_optimizer=optimizer)
+                has_optimizer=optimizer, owner=model.run.owner)
             return storage.add_checkpoint(row, staged)
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
 
-    def submit_save_weights(self, req: SaveWeightsRequest, body_fp: bytes) -> Json:
+    def submit_save_weights(self, req: SaveWeightsRequest, body_fp: bytes,
+                            owner: str | None = None) -> Json:
         """``save_weights`` (save_state): adapter and optimizer state."""
 
         def prepare(model: LiveModel) -> Callable[[], Payload]:
@@ -155,9 +161,10 @@ class Weights:
             return work
 
         return self.training.submit_op("SaveWeights", req.model_id, req.seq_id, body_fp,
-                                       prepare)
+                                       prepare, owner=owner)
 
-    def submit_save_external(self, req: SaveWeightsExternalRequest, body_fp: bytes) -> Json:
+    def submit_save_external(self, req: SaveWeightsExternalRequest, body_fp: bytes,
+                             owner: str | None = None) -> Json:
         """``save_weights_external``: export the adapter in Hugging Face (PEFT) format."""
 
         def prepare(model: LiveModel) -> Callable[[], Payload]:
@@ -178,20 +185,24 @@ class Weights:
             return work
 
         return self.training.submit_op("SaveWeightsExternal", req.model_id, req.seq_id,
-                                       body_fp, prepare)
+                                       body_fp, prepare, owner=owner)
 
     # ------------------------------------------------------------------ loading
 
-    def submit_load_weights(self, req: LoadWeightsRequest, body_fp: bytes) -> Json:
+    def submit_load_weights(self, req: LoadWeightsRequest, body_fp: bytes,
+                            owner: str | None = None) -> Json:
         """``load_weights``: create a model from a checkpoint, or (legacy) load into one."""
-        _, directory = self.checkpoint(req.path, kinds=("weights", "sampler_weights"))
+        if req.model_id is not None:
+            self.training.check_owner(req.model_id, owner)
+        _, directory = self.checkpoint(req.path, kinds=("weights", "sampler_weights"),
+                                       owner=owner)
         meta = read_meta(directory)
         if req.optimizer and not meta.has_optimizer:
             raise UserError(
                 f"{req.path!r} holds no optimizer state (sampler checkpoints never do). Fix: "
                 "load it without the optimizer, or use a save_state checkpoint.")
         if req.model_id is None:
-            return self._load_as_new_model(req, body_fp, meta, directory)
+            return self._load_as_new_model(req, body_fp, meta, directory, owner)
 
         def prepare(model: LiveModel) -> Callable[[], Payload]:
             if meta.base_model != model.run.base_model or meta.lora.rank != model.spec.rank:
@@ -215,7 +226,7 @@ class Weights:
             return work
 
         return self.training.submit_op("LoadWeights", req.model_id, req.seq_id, body_fp,
-                                       prepare, restoring=True)
+                                       prepare, owner=owner, restoring=True)
 
     def _restore_state(self, meta: CheckpointMeta, directory: Path, optimizer: bool
                        ) -> tuple[Any, Any]:
@@ -226,9 +237,9 @@ class Weights:
         return adapter, opt_state
 
     def _load_as_new_model(self, req: LoadWeightsRequest, body_fp: bytes, meta: CheckpointMeta,
-                           directory: Path) -> Json:
+                           directory: Path, owner: str | None) -> Json:
         session_id, seq = str(req.session_id), int(req.model_seq_id)  # type: ignore[arg-type]
-        key, seen = self.training.new_model_key(session_id, seq, body_fp)
+        key, seen = self.training.new_model_key(session_id, seq, body_fp, owner)
         if seen is not None:
             return seen
         self.core.base(meta.base_model)
@@ -241,14 +252,18 @@ class Weights:
             base=meta.base_model, spec=meta.lora, metadata=req.user_metadata,
             init=lambda: self._restore_state(meta, directory, req.optimizer),
             step=meta.step if req.optimizer else 0,
-            answer={"path": req.path, "model_id": model_id, "type": "load_weights"})
+            answer={"path": req.path, "model_id": model_id, "type": "load_weights"},
+            owner=owner)
 
     # ------------------------------------------------------------------ copying
 
-    def copy_weights(self, req: CopyWeightsRequest) -> Json:
-        """``copy_weights``: duplicate a checkpoint into another (possibly new) run."""
+    def copy_weights(self, req: CopyWeightsRequest, owner: str | None = None) -> Json:
+        """``copy_weights``: duplicate a checkpoint `owner` may read into a run of `owner`
+        (in one of its sessions when ``session_id`` is given)."""
         row, directory = self.checkpoint(req.source_path, kinds=(
-            "weights", "sampler_weights", "external_weights"))
+            "weights", "sampler_weights", "external_weights"), owner=owner)
+        if req.session_id is not None:
+            self.core.session(req.session_id, owner)
         parsed = ParsedCheckpointTinkerPath.from_tinker_path(req.source_path)
         source_run = self.catalog.run(parsed.training_run_id)
         if req.session_id is not None and req.model_seq_id is not None:
@@ -259,8 +274,10 @@ class Weights:
         if storage.get_run(run_id) is None:
             now = storage.now()
             storage.create_run(dataclasses.replace(
-                source_run, run_id=run_id, session_id=req.session_id or source_run.session_id,
-                model_seq_id=req.model_seq_id or 0, created_at=now, last_request_time=now))
+                source_run, run_id=run_id, session_id=req.session_id or (
+                    source_run.session_id if may_use(source_run.owner, owner) else ""),
+                model_seq_id=req.model_seq_id or 0, created_at=now, last_request_time=now,
+                owner=owner or "local"))
         staged = storage.new_checkpoint_dir()
         shutil.copytree(directory, staged, dirs_exist_ok=True)
         now = storage.now()
@@ -269,7 +286,8 @@ class Weights:
             tinker_path=f"tinker://{run_id}/{row.checkpoint_id}", dir=staged.name,
             created_at=now,
             expires_at=None if req.ttl_seconds is None else now + req.ttl_seconds,
-            user_metadata=row.user_metadata, has_optimizer=row.has_optimizer)
+            user_metadata=row.user_metadata, has_optimizer=row.has_optimizer,
+            owner=owner or "local")
         stored = storage.add_checkpoint(copy, staged)
         return {"tinker_path": stored.tinker_path}
 

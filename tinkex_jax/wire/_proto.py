@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,8 +67,21 @@ def _le_bytes(array: np.ndarray, dtype: np.dtype[Any]) -> bytes:
     return array.tobytes()
 
 
+_ITEM_SIZES: dict[int, int] = {pb.DTYPE_FLOAT32: 4, pb.DTYPE_INT64: 8, pb.DTYPE_INT32: 4,
+                               pb.DTYPE_BFLOAT16: 2}
+
+
+def _whole(data: bytes, itemsize: int, where: str) -> None:
+    if len(data) % itemsize:
+        raise APIResponseValidationError(
+            f"{where}: a buffer of {len(data)} bytes is not a whole number of {itemsize}-byte "
+            "values")
+
+
 def _array_from_pb(data: bytes, pb_dtype: int, where: str) -> np.ndarray:
     """Decode a raw buffer of a proto DType into an int64 / float32 numpy array."""
+    if pb_dtype in _ITEM_SIZES:
+        _whole(data, _ITEM_SIZES[pb_dtype], where)
     if pb_dtype == pb.DTYPE_FLOAT32:
         return np.frombuffer(data, dtype=_F32)
     if pb_dtype == pb.DTYPE_INT64:
@@ -104,6 +117,8 @@ def tensor_from_proto(msg: Any, where: str = "tensor") -> TensorData:
     if msg.WhichOneof("encoding") == "sparse_csr":
         csr = msg.sparse_csr
         values = _array_from_pb(csr.values, msg.dtype, where)
+        _whole(csr.crow_indices, 8, f"{where}.sparse_csr.crow_indices")
+        _whole(csr.col_indices, 8, f"{where}.sparse_csr.col_indices")
         return TensorData(
             data=values, dtype="int64" if values.dtype == _I64 else "float32", shape=shape,
             sparse_crow_indices=np.frombuffer(csr.crow_indices, dtype=_I64),
@@ -127,8 +142,15 @@ def _span_from_proto(msg: Any, where: str) -> ProvenanceSpan:
     return cls(sequence_id=inner.sequence_id, offset=inner.offset, length=inner.length)
 
 
-def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
-    """Parse protobuf bytes into a validated ForwardBackwardRequest (server side)."""
+def decode_forward_backward_request(
+        body: bytes, *, check_size: Callable[[int, int], None] | None = None
+) -> ForwardBackwardRequest:
+    """Parse protobuf bytes into a validated ForwardBackwardRequest (server side).
+
+    `check_size` is called with the number of datums and of text tokens once the bytes are
+    parsed, before any datum is built, so a server can refuse an oversized request without
+    paying for it (it raises to refuse).
+    """
     msg = pb.ForwardBackwardRequest()
     try:
         msg.ParseFromString(body)
@@ -136,6 +158,9 @@ def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
         raise invalid("forward_backward body", "a serialised ForwardBackwardRequest protobuf",
                       f"<{len(body)} undecodable bytes>", f"check Content-Type/-Encoding ({exc})"
                       ) from None
+    if check_size is not None:
+        check_size(len(msg.data), sum(len(c.encoded_text.tokens) // 4 for d in msg.data
+                                      for c in d.model_input))
     config: dict[str, float | str] = dict(msg.loss_fn_config)
     for key, value in msg.loss_fn_config_v2.items():
         kind = value.WhichOneof("value")
@@ -143,12 +168,26 @@ def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
             config[key] = value.text
         elif kind == "number":
             config[key] = value.number
+    try:
+        data = _data_from_proto(msg)
+    except APIResponseValidationError as exc:  # a malformed buffer: the client's fault here
+        raise invalid("forward_backward body", "int32 token buffers and tensors of a known "
+                      "dtype whose buffers hold whole values", str(exc),
+                      "encode requests with a Tinker SDK") from None
+    return ForwardBackwardRequest(
+        model_id=msg.model_id, seq_id=msg.seq_id, data=data, loss_fn=msg.loss_fn,
+        loss_fn_config=config or None, forward_only=msg.forward_only,
+    )
+
+
+def _data_from_proto(msg: Any) -> list[Datum]:
     data = []
     for i, d in enumerate(msg.data):
         chunks: list[ModelInputChunk] = []
         for c in d.model_input:
             kind = c.WhichOneof("chunk")
             if kind == "encoded_text":
+                _whole(c.encoded_text.tokens, 4, f"data[{i}].model_input tokens")
                 chunks.append(EncodedTextChunk(tokens=np.frombuffer(c.encoded_text.tokens, _I32)))
             elif kind == "image":
                 chunks.append(ImageChunk(
@@ -168,10 +207,7 @@ def decode_forward_backward_request(body: bytes) -> ForwardBackwardRequest:
                       for j, s in enumerate(d.loss_fn_input_spans)] or None
         data.append(Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs,
                           model_input_spans=spans_in, loss_fn_input_spans=spans_loss))
-    return ForwardBackwardRequest(
-        model_id=msg.model_id, seq_id=msg.seq_id, data=data, loss_fn=msg.loss_fn,
-        loss_fn_config=config or None, forward_only=msg.forward_only,
-    )
+    return data
 
 
 # ----------------------------------------------------------------------------- fwd/bwd output

@@ -36,9 +36,15 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None,
                         help="directory for checkpoints and metadata (default "
                              "$TINKEX_LOCAL_DATA_DIR or ~/.tinkex/local)")
-    parser.add_argument("--api-key", default=None,
-                        help="accept only this key (must start with 'tml-'; default: any "
-                             "'tml-' key). Also read from $TINKEX_LOCAL_API_KEY.")
+    parser.add_argument("--api-key", action="append", dest="api_keys", default=None,
+                        metavar="KEY",
+                        help="the key clients must send (must start with 'tml-'); repeat it "
+                             "to accept several keys, each owning what it creates. Default: "
+                             "$TINKEX_LOCAL_API_KEY, else the data directory's own key (made "
+                             "at random once, kept in DATA_DIR/api_key), printed at start")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="accept any key that starts with 'tml-' (as 'tml-local', the "
+                             "SDK's default for 127.0.0.1); loopback hosts only")
     parser.add_argument("--base-model", action="append", dest="base_models", default=None,
                         metavar="NAME_OR_DIR",
                         help="a base model to offer: a preset or a local Hugging Face "
@@ -59,6 +65,25 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
                         help="serve JWT auth (docs/protocol.md §1.3): clients exchange their "
                              "key at POST /api/v1/auth/token and send the JWT, as on JWT-mode "
                              "servers; `tinkex auth whoami` then answers")
+    limits = parser.add_argument_group(
+        "limits", "bounds on what one request may ask (docs/local-backend.md, 'Limits and "
+                  "security'); a request over one is refused with a 4xx that names the flag")
+    limits.add_argument("--max-body-bytes", type=int, default=64 * 2**20, metavar="N",
+                        help="largest request body as sent, answered 413 beyond "
+                             "(default %(default)s)")
+    limits.add_argument("--max-decompressed-bytes", type=int, default=64 * 2**20, metavar="N",
+                        help="largest zstd request body once decompressed (default %(default)s)")
+    limits.add_argument("--max-num-samples", type=int, default=256, metavar="N",
+                        help="most num_samples of one sample request (default %(default)s)")
+    limits.add_argument("--max-request-tokens", type=int, default=2**20, metavar="N",
+                        help="most tokens one request may make the server process: input "
+                             "tokens of forward_backward, num_samples * (prompt + max_tokens) "
+                             "of a sample (default %(default)s)")
+    limits.add_argument("--max-lora-rank", type=int, default=256, metavar="N",
+                        help="largest LoRA rank of a new training model (default %(default)s)")
+    limits.add_argument("--max-logprobs-topk", type=int, default=256, metavar="K",
+                        help="largest top-k of prompt / sample logprobs and of 2-D loss "
+                             "inputs (also capped by the vocabulary; default %(default)s)")
     add_accelerator_options(parser)
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"],
@@ -117,20 +142,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Start the server and serve until interrupted; 2 for a bad configuration (the message
     names the flag)."""
     from ...local import ServerConfig, run_server
+    from ...local._config import API_KEY_FILE, with_api_key
+    from ...local._server import exposure_warning
 
-    api_key = args.api_key or os.environ.get("TINKEX_LOCAL_API_KEY") or None
+    keys = list(args.api_keys or ())
+    if not keys and not args.no_auth and os.environ.get("TINKEX_LOCAL_API_KEY"):
+        keys = [os.environ["TINKEX_LOCAL_API_KEY"]]
     config = ServerConfig.create(
-        args.data_dir, args.base_models, host=args.host, port=args.port, api_key=api_key,
-        long_poll_timeout_s=args.long_poll_timeout, compute_workers=args.workers,
-        warm_up=not args.no_warm_up, pjwt_auth_enabled=args.pjwt_auth,
-        max_pending_samples=args.max_pending_samples, mesh=args.mesh, dtype=args.dtype,
-        remat=args.remat, attention=args.attention, token_budget=args.token_budget,
+        args.data_dir, args.base_models, host=args.host, port=args.port,
+        api_key=keys[0] if keys else None, extra_api_keys=tuple(keys[1:]),
+        no_auth=args.no_auth, long_poll_timeout_s=args.long_poll_timeout,
+        compute_workers=args.workers, warm_up=not args.no_warm_up,
+        pjwt_auth_enabled=args.pjwt_auth, max_pending_samples=args.max_pending_samples,
+        max_body_bytes=args.max_body_bytes, max_decompressed_bytes=args.max_decompressed_bytes,
+        max_num_samples=args.max_num_samples, max_request_tokens=args.max_request_tokens,
+        max_lora_rank=args.max_lora_rank, max_logprobs_topk=args.max_logprobs_topk,
+        mesh=args.mesh, dtype=args.dtype, remat=args.remat,
+        attention=args.attention, token_budget=args.token_budget,
         sampler_weights=args.sampler_weights, compilation_cache=args.compilation_cache)
-    key_hint = "<your --api-key>" if api_key else "tml-local"
+    config = with_api_key(config)
+    if config.no_auth:
+        key_hint = "tml-local  (--no-auth: any key starting with 'tml-')"
+    elif keys:
+        key_hint = "<your --api-key>" + (f"  (or one of {len(keys) - 1} more)"
+                                         if len(keys) > 1 else "")
+    else:
+        key_hint = (f"{config.api_key}  (this data directory's key, kept in "
+                    f"{config.data_dir / API_KEY_FILE}; --api-key chooses one)")
     print(f"tinkex local backend on http://{config.host}:{config.port} "
           f"(data: {config.data_dir}; models: {', '.join(config.base_models)})\n"
           f"  connect with: TINKER_BASE_URL=http://{config.host}:{config.port} "
           f"TINKER_API_KEY={key_hint}", file=sys.stderr, flush=True)
+    warning = exposure_warning(config)
+    if warning is not None:
+        print(f"  warning: {warning}", file=sys.stderr, flush=True)
     run_server(config, log_level=args.log_level)
     return 0
 
