@@ -328,11 +328,10 @@ def test_a_bfloat16_server_trains(tmp_path: Path) -> None:
                long_poll_timeout_s=5.0) as server:
         model = server.engine.core.backend._model(TINY)
         assert {str(x.dtype) for x in jax.tree.leaves(model.params)} == {"bfloat16"}
-        run = train_and_sample(tinkex_jax, server.base_url, API_KEY, steps=8,
-                               learning_rate=2e-2)
+        run = train_and_sample(tinkex_jax, server.base_url, API_KEY, steps=6)
     losses = run["losses"]
     assert all(np.isfinite(losses)), losses
-    assert losses[-1] < 0.9 * losses[0], losses
+    assert losses[-1] < 0.8 * losses[0], losses
     assert all(lp.dtype == np.float64 and np.all(np.isfinite(lp))
                for lp in run["sample_logprobs"])
 

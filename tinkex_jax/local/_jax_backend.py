@@ -101,9 +101,9 @@ def server_mesh(spec: str | None, devices: Sequence[Any] | None = None) -> Mesh 
         >>> server_mesh("fsdp=2")
         Traceback (most recent call last):
         ...
-        tinkex_jax.ValidationError: mesh: expected at most the 1 visible cpu device(s), got \
-{'fsdp': 2}. Fix: use fewer devices, or on CPU simulate more: start the process with \
-XLA_FLAGS=--xla_force_host_platform_device_count=2
+        tinkex_jax.ValidationError: mesh: expected at most the 1 visible cpu device(s) (a CPU \
+process started with XLA_FLAGS=--xla_force_host_platform_device_count=2 simulates 2), got \
+{'fsdp': 2}. Fix: use fewer devices
     """
     devs = list(jax.devices() if devices is None else devices)
     sizes = parse_mesh(spec or "")
@@ -112,9 +112,9 @@ XLA_FLAGS=--xla_force_host_platform_device_count=2
     count = len(devs) if fsdp is None else fsdp * tp
     if count > len(devs):
         platform = devs[0].platform if devs else "?"
-        raise invalid("mesh", f"at most the {len(devs)} visible {platform} device(s)", sizes,
-                      "use fewer devices, or on CPU simulate more: start the process with "
-                      f"XLA_FLAGS=--xla_force_host_platform_device_count={count}")
+        raise invalid("mesh", f"at most the {len(devs)} visible {platform} device(s) (a CPU "
+                      f"process started with XLA_FLAGS=--xla_force_host_platform_device_count="
+                      f"{count} simulates {count})", sizes, "use fewer devices")
     if count == 1:
         return None
     return make_mesh(None if fsdp is None else fsdp, tp, devs[:count])

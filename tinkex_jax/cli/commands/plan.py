@@ -275,12 +275,12 @@ def _count(n: int) -> str:
     """A parameter count in millions or billions.
 
     Example:
-        >>> _count(751_632_384), _count(8_190_735_360), _count(1_024)
-        ('751.6 M', '8.19 B', '1024')
+        >>> _count(751_632_384), _count(8_190_735_360), _count(427_008), _count(1_024)
+        ('751.6 M', '8.19 B', '0.4 M', '1024')
     """
     if n >= 10**9:
         return f"{n / 1e9:.2f} B"
-    return f"{n / 1e6:.1f} M" if n >= 10**6 else str(n)
+    return f"{n / 1e6:.1f} M" if n >= 10**5 else str(n)
 
 
 def _describe(model: str, plan: MemoryPlan, devices: int, name: str | None,
