@@ -114,15 +114,24 @@ def test_partial_checkpoint_dirs_are_cleaned_on_open(tmp_path: Path) -> None:
     kept = add_checkpoint(st, "kept")
     orphan = st.new_checkpoint_dir()  # a crash between writing files and inserting the row
     (orphan / "adapter.safetensors").write_bytes(b"partial")
+    other = Storage(tmp_path)  # a second server on the same directory, while st runs
+    assert orphan.exists()  # st is alive: maybe its save is in progress
+    other.close()
     st.close()
-    st = Storage(tmp_path)
-    assert orphan.exists()  # recent: maybe another server's save in progress
-    st.close()
-    old = time.time() - 3600
-    os.utime(orphan, (old, old))
-    st = Storage(tmp_path)
+    st = Storage(tmp_path)  # st's process is gone: its temporaries go at once
     assert not orphan.exists()
     assert (st.checkpoint_root / kept.dir).exists()
+    legacy = st.checkpoint_root / f".tmp-{'a' * 32}"  # named by an older version: by age
+    legacy.mkdir()
+    st.close()
+    st = Storage(tmp_path)
+    assert legacy.exists()
+    st.close()
+    old = time.time() - 3600
+    os.utime(legacy, (old, old))
+    st = Storage(tmp_path)
+    assert not legacy.exists() and (st.checkpoint_root / kept.dir).exists()
+    assert sorted(p.name for p in (tmp_path / "boots").iterdir()) == [f"{st.boot}.lock"]
     st.close()
 
 

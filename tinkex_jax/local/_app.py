@@ -349,12 +349,16 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         check_request(req, config)
         return sessions.finish_session(request.path_params["session_id"], req, owner)
 
+    # the REST reads answer pages of up to 10,000 rows: built in the thread pool
+
     async def list_sessions(request: Request, owner: str | None) -> Any:
-        return sessions.list_sessions(_query_int(request, "limit", 20, low=1),
-                                      _query_int(request, "offset", 0, high=10**9), owner)
+        return await run_in_threadpool(
+            sessions.list_sessions, _query_int(request, "limit", 20, low=1),
+            _query_int(request, "offset", 0, high=10**9), owner)
 
     async def get_session(request: Request, owner: str | None) -> Any:
-        return sessions.get_session(request.path_params["session_id"], owner)
+        return await run_in_threadpool(sessions.get_session, request.path_params["session_id"],
+                                       owner)
 
     async def session_project(request: Request, owner: str | None) -> Any:
         body = await body_of(request)
@@ -457,19 +461,21 @@ def create_app(engine: Engine, *, owns_engine: bool = True) -> Starlette:
         return p["run_id"], f"{p['kind']}/{p['name']}"
 
     async def list_runs(request: Request, owner: str | None) -> Any:
-        return catalog.list_training_runs(_query_int(request, "limit", 20, low=1),
-                                          _query_int(request, "offset", 0, high=10**9), owner)
+        return await run_in_threadpool(
+            catalog.list_training_runs, _query_int(request, "limit", 20, low=1),
+            _query_int(request, "offset", 0, high=10**9), owner)
 
     async def get_run(request: Request, owner: str | None) -> Any:
         return catalog.get_training_run(request.path_params["run_id"], owner)
 
     async def list_checkpoints(request: Request, owner: str | None) -> Any:
-        return catalog.list_checkpoints(request.path_params["run_id"], owner)
+        return await run_in_threadpool(catalog.list_checkpoints, request.path_params["run_id"],
+                                       owner)
 
     async def list_user_checkpoints(request: Request, owner: str | None) -> Any:
-        return catalog.list_user_checkpoints(_query_int(request, "limit", 100, low=1),
-                                             _query_int(request, "offset", 0, high=10**9),
-                                             owner)
+        return await run_in_threadpool(
+            catalog.list_user_checkpoints, _query_int(request, "limit", 100, low=1),
+            _query_int(request, "offset", 0, high=10**9), owner)
 
     async def delete_checkpoint(request: Request, owner: str | None) -> Any:
         run_id, checkpoint_id = ckpt_id(request)

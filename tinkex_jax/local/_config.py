@@ -8,8 +8,12 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import invalid
+
+if TYPE_CHECKING:
+    from ._faults import FaultSpec
 
 __all__ = ["API_KEY_FILE", "DEFAULT_BASE_MODELS", "LOCALHOST", "ServerConfig",
            "default_data_dir", "is_loopback", "with_api_key"]
@@ -76,6 +80,16 @@ class ServerConfig:
         result_retention_s: How long a retrieved result stays re-fetchable.
         max_retained_results: Upper bound on finished results kept in memory.
         reap_interval_s: How often expired checkpoints are deleted in the background.
+        finished_sampler_retention_s: The sampler rows of a finished session are deleted
+            this long after it finished (by the reaper, every ``reap_interval_s``).
+        finished_session_retention_s: A finished session is deleted this long after it
+            finished, with its training runs that hold no checkpoint (runs that hold one
+            stay, as do their checkpoints until deleted or expired). None: kept forever.
+        inject_faults: Fault injection for testing clients, off (None) by default: a spec
+            such as ``"5xx=0.05,429=0.02,drop=0.02,seed=7"`` makes the server answer chosen
+            fractions of requests with errors, drop connections or answer late,
+            deterministically for a seed (see `tinkex_jax.local._faults`; a ``FaultSpec``
+            is accepted too and kept as its text).
         max_tokens_default: ``max_tokens`` of a sample request that sets none.
         proto_compress_fwdbwd: Ask clients to zstd-compress forward_backward bodies.
         fwdbwd_max_chunk_len: Most datums per forward_backward request (clients split
@@ -162,6 +176,9 @@ class ServerConfig:
     result_retention_s: float = 600.0
     max_retained_results: int = 10_000
     reap_interval_s: float = 60.0
+    finished_sampler_retention_s: float = 3600.0
+    finished_session_retention_s: float | None = 30 * 86_400.0
+    inject_faults: str | FaultSpec | None = None
     max_tokens_default: int = 64
     proto_compress_fwdbwd: bool = False
     fwdbwd_max_chunk_len: int = 1024
@@ -240,6 +257,21 @@ class ServerConfig:
                 and 0 <= self.sampler_logprob_noise < float("inf")):
             raise invalid("ServerConfig.sampler_logprob_noise", "a finite number >= 0 (0: off)",
                           self.sampler_logprob_noise)
+        if not (isinstance(self.finished_sampler_retention_s, int | float)
+                and 0 <= self.finished_sampler_retention_s < float("inf")):
+            raise invalid("ServerConfig.finished_sampler_retention_s", "seconds >= 0",
+                          self.finished_sampler_retention_s)
+        if self.finished_session_retention_s is not None and not (
+                isinstance(self.finished_session_retention_s, int | float)
+                and 0 <= self.finished_session_retention_s < float("inf")):
+            raise invalid("ServerConfig.finished_session_retention_s", "None or seconds >= 0",
+                          self.finished_session_retention_s)
+        if self.inject_faults is not None:
+            from ._faults import FaultSpec
+
+            spec = self.inject_faults
+            parsed = spec if isinstance(spec, FaultSpec) else FaultSpec.parse(str(spec))
+            object.__setattr__(self, "inject_faults", str(parsed))
         if self.compute_workers < 1:
             raise invalid("ServerConfig.compute_workers", "an int >= 1", self.compute_workers)
         if not self.base_models:

@@ -58,13 +58,16 @@ from ._backend import Backend, BaseModelInfo
 from ._config import ServerConfig
 from ._effects import Effects
 from ._errors import GoneError, NotFoundError, ServerError, UserError
-from ._futures import JSON, FutureStore, Outcome, Payload
+from ._futures import JSON, Failure, FutureStore, Outcome, Payload
 from ._scheduler import Scheduler
-from ._storage import SessionRow, Storage, may_use
+from ._storage import CURRENT_REQUEST, SessionRow, Storage, may_use
 
-__all__ = ["Core", "Dedup", "Json", "Key", "fingerprint", "json_payload"]
+__all__ = ["DURABLE_KINDS", "Core", "Dedup", "Json", "Key", "fingerprint", "json_payload"]
 
 _log = logging.getLogger("tinkex_jax.local")
+#: Future kinds recorded durably (`Storage.record_request`): an acknowledged save completes
+#: or is reported failed, even across a crash of the server.
+DURABLE_KINDS = frozenset({"SaveWeights", "SaveWeightsForSampler", "SaveWeightsExternal"})
 
 Json = dict[str, Any]
 Key = tuple[str, ...]
@@ -147,9 +150,10 @@ class Core:
         self.backend = backend
         self.storage = storage
         self.effects = effects
+        # request ids name the boot, so an id answered before a restart is never reused
         self.futures = FutureStore(retention_s=config.result_retention_s,
                                    max_results=config.max_retained_results,
-                                   clock=effects.monotonic)
+                                   clock=effects.monotonic, prefix=f"req-{storage.boot}")
         self.scheduler = Scheduler(workers=config.compute_workers)
         self.lock = threading.RLock()
         self._dedup = Dedup()
@@ -195,42 +199,99 @@ class Core:
 
         The answer (``request_id`` plus `extra`) is remembered under `key` before the work
         runs. Errors of the work reject the future: `ServerError` and `ValidationError`
-        with their message, anything else as a server bug.
+        with their message, anything else as a server bug. Saves (`DURABLE_KINDS`) are also
+        recorded in storage before the answer and settled there, so that they complete or
+        are reported failed after a restart (`Storage.recover`, `retrieve`).
         """
+        durable = kind in DURABLE_KINDS
         with self.lock:
             request_id = self.futures.create(kind, owner)
+            if durable:
+                try:
+                    self.storage.record_request(request_id, kind, owner)
+                except BaseException:
+                    self.futures.reject(request_id, "not recorded", "server")
+                    raise
             response: Json = {"request_id": request_id, **(extra or {})}
             if key is not None:
                 self._dedup.put(key, body_fp, response)
 
         def run() -> None:
+            token = CURRENT_REQUEST.set(request_id) if durable else None
+            outcome: Outcome
             try:
-                payload = work()
+                outcome = work()
             except ServerError as exc:
-                self.futures.reject(request_id, exc.message, exc.category)
+                outcome = Failure(exc.message, exc.category)
             except ValidationError as exc:
-                self.futures.reject(request_id, str(exc), "user")
+                outcome = Failure(str(exc), "user")
             except Exception as exc:
                 _log.exception("%s request %s failed", kind, request_id)
-                self.futures.reject(
-                    request_id, f"The local backend failed on this {kind} request "
+                outcome = Failure(
+                    f"The local backend failed on this {kind} request "
                     f"({type(exc).__name__}: {exc}). This is a bug; please report it.",
                     "server")
+            finally:
+                if token is not None:
+                    CURRENT_REQUEST.reset(token)
+            if durable:
+                self._settle(request_id, outcome)
+            if isinstance(outcome, Failure):
+                self.futures.reject(request_id, outcome.message, outcome.category)
             else:
-                self.futures.resolve(request_id, payload)
+                self.futures.resolve(request_id, outcome)
 
         self.scheduler.submit(lane, run)
         return response
+
+    def forget_finished(self, finished: Callable[[str], bool]) -> int:
+        """Forget the remembered answers (dedup entries) of the sessions for which
+        `finished(session_id)` is true: their clients are gone, and a late retry now gets
+        a 404 instead of the first answer. Keeps the dedup table as small as the live
+        sessions' requests (the engine's reaper calls this). Returns how many went."""
+        def session_of(key: Key) -> str:
+            return key[1].split(":", 1)[0] if len(key) > 1 else ""
+
+        with self.lock:
+            sessions = {session_of(key) for key in self._dedup.entries}
+        done = {session for session in sessions if session and finished(session)}
+        with self.lock:
+            gone = [key for key in self._dedup.entries if session_of(key) in done]
+            for key in gone:
+                del self._dedup.entries[key]
+        return len(gone)
 
     def one_shot_lane(self, prefix: str) -> str:
         """A lane no other request uses (each sample runs independently)."""
         return f"{prefix}:{next(self._one_shot)}"
 
+    def _settle(self, request_id: str, outcome: Outcome) -> None:
+        try:
+            if isinstance(outcome, Failure):
+                self.storage.settle_request(request_id, error=outcome.message,
+                                            category=outcome.category)
+            else:
+                self.storage.settle_request(request_id, answer=outcome.body)
+        except Exception:  # the in-memory future still answers; a restart says "failed"
+            _log.exception("recording the outcome of %s failed", request_id)
+
     async def retrieve(self, request_id: str, timeout: float, owner: str | None = None
                        ) -> Outcome | None:
         """Long-poll one future of `owner` (None while it is still pending after
-        `timeout`; `NotFoundError` for another owner's)."""
-        return await self.futures.wait(request_id, timeout, owner)
+        `timeout`; `NotFoundError` for another owner's). A save this process no longer
+        holds (answered before a restart, or long ago) is answered from its durable record:
+        its result, or its failure."""
+        try:
+            return await self.futures.wait(request_id, timeout, owner)
+        except NotFoundError:
+            recorded = self.storage.durable_outcome(request_id)
+            if recorded is None or not may_use(recorded.owner, owner):
+                raise
+        if recorded.state == "done" and recorded.answer is not None:
+            return Payload(recorded.answer, JSON)
+        if recorded.state == "failed":
+            return Failure(recorded.error or "failed", recorded.category)  # type: ignore[arg-type]
+        return None
 
     def collect(self) -> None:
         """Forget results past their retention."""

@@ -83,9 +83,30 @@ class Engine:
 
     def reap(self) -> int:
         """Forget old results and stability records, finish sessions idle for longer than
-        ``session_idle_timeout_s`` and delete expired checkpoints; returns the number of
-        checkpoints deleted."""
+        ``session_idle_timeout_s``, prune what finished sessions left (`prune`) and delete
+        expired checkpoints; returns the number of checkpoints deleted."""
         self.core.collect()
         self.sampling.collect()
         self.sessions.finish_idle()
+        self.prune()
         return self.catalog.delete_expired()
+
+    def prune(self) -> int:
+        """Forget the in-memory samplers and remembered answers (dedup) of finished
+        sessions, and delete the rows finished
+        sessions and settled saves leave behind, as ``finished_sampler_retention_s``,
+        ``finished_session_retention_s`` and ``result_retention_s`` say
+        (`Storage.prune_finished`); returns the number of rows deleted."""
+        now, config = self.storage.now(), self.config
+
+        def finished(session_id: str) -> bool:
+            row = self.storage.get_session(session_id)
+            return row is None or row.finished_at is not None
+
+        self.sampling.forget_finished(finished)
+        self.core.forget_finished(finished)
+        keep = config.finished_session_retention_s
+        return self.storage.prune_finished(
+            samplers_before=now - config.finished_sampler_retention_s,
+            sessions_before=None if keep is None else now - keep,
+            requests_before=now - config.result_retention_s)

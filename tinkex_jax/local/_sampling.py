@@ -100,6 +100,23 @@ class Sampling:
         with self.core.lock:
             return sampler_id in self._samplers
 
+    def forget_finished(self, finished: Callable[[str], bool]) -> int:
+        """Drop from memory the samplers (and prepared weights) of sessions for which
+        `finished(session_id)` is true (their clients are gone); returns how many. Called
+        by the engine's reaper (`Engine.prune`)."""
+        with self.core.lock:
+            sessions = {s.row.session_id for s in self._samplers.values()}
+        done = {session for session in sessions if finished(session)}
+        with self.core.lock:
+            gone = [k for k, s in self._samplers.items() if s.row.session_id in done]
+            for key in gone:
+                del self._samplers[key]
+                self._evicted.discard(key)
+            for handle in [k for k, (s, _) in self._handles.items()
+                           if s.row.session_id in done]:
+                del self._handles[handle]
+        return len(gone)
+
     def _handle(self, sampler: LiveSampler) -> Any:
         """The backend's prepared weights for a sampler (LRU-cached; call on a worker)."""
         key = id(sampler)

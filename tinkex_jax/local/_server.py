@@ -26,7 +26,8 @@ _log = logging.getLogger("tinkex_jax.local")
 
 
 def build_app(config: ServerConfig, backend: Backend | None = None) -> Any:
-    """The ASGI app for `config` (an `Engine` over `backend`, default: the JAX model layer).
+    """The ASGI app for `config` (an `Engine` over `backend`, default: the JAX model layer),
+    wrapped in fault injection when ``config.inject_faults`` asks for it (`_faults`).
 
     Example:
         >>> from starlette.testclient import TestClient
@@ -43,7 +44,17 @@ def build_app(config: ServerConfig, backend: Backend | None = None) -> Any:
         from ._jax_backend import JaxBackend
 
         backend = JaxBackend.from_config(config)
-    return create_app(Engine(config, backend))
+    return _with_faults(create_app(Engine(config, backend)), config)
+
+
+def _with_faults(app: Any, config: ServerConfig) -> Any:
+    from ._faults import with_faults
+
+    wrapped = with_faults(app, config.inject_faults, max_body_bytes=config.max_body_bytes)
+    if wrapped is not app:
+        _log.warning("fault injection is on (%s): some requests will fail on purpose",
+                     config.inject_faults)
+    return wrapped
 
 
 def exposure_warning(config: ServerConfig) -> str | None:
@@ -111,6 +122,8 @@ class LocalServer:
         base_url: ``http://host:port``: pass it as ``base_url`` to any Tinker client.
         api_key: A key the server accepts (its configured or generated key; ``"tml-local"``
             on a no-auth server).
+        faults: The `tinkex_jax.local._faults.FaultInjector` when ``inject_faults`` is on
+            (its ``stats()`` counts the faults injected), else None.
     """
 
     def __init__(self, config: ServerConfig, backend: Backend | None = None) -> None:
@@ -120,6 +133,7 @@ class LocalServer:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.app: Any = None
+        self.faults: Any = None
 
     @property
     def base_url(self) -> str:
@@ -185,8 +199,9 @@ class LocalServer:
         self.config = engine.config  # with its API key
         self.app = create_app(engine)
         self.app.state.engine = engine
-        self._server = _uvicorn_server(self.app, self.config, log_level="warning",
-                                       embedded=True)
+        asgi = _with_faults(self.app, self.config)
+        self.faults = asgi if asgi is not self.app else None
+        self._server = _uvicorn_server(asgi, self.config, log_level="warning", embedded=True)
 
         def run() -> None:
             try:

@@ -85,6 +85,12 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
                         help="largest top-k of prompt / sample logprobs and of 2-D loss "
                              "inputs (also capped by the vocabulary; default %(default)s)")
     add_accelerator_options(parser)
+    parser.add_argument("--inject-faults", default=None, metavar="SPEC",
+                        help="fault injection for testing clients: answer chosen fractions of "
+                             "requests with 5xx, 429, 408, try_again, dropped connections or "
+                             "late, deterministically for a seed, e.g. "
+                             "'5xx=0.05,429=0.02,drop=0.02,slow=0.05,seed=7' (docs/"
+                             "local-backend.md, 'Fault injection'; default: off)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"],
                         help="how much the server logs to stderr: start-up and notable events "
@@ -157,7 +163,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes, max_decompressed_bytes=args.max_decompressed_bytes,
         max_num_samples=args.max_num_samples, max_request_tokens=args.max_request_tokens,
         max_lora_rank=args.max_lora_rank, max_logprobs_topk=args.max_logprobs_topk,
-        mesh=args.mesh, dtype=args.dtype, remat=args.remat,
+        inject_faults=args.inject_faults, mesh=args.mesh, dtype=args.dtype, remat=args.remat,
         attention=args.attention, token_budget=args.token_budget,
         sampler_weights=args.sampler_weights, compilation_cache=args.compilation_cache)
     config = with_api_key(config)
@@ -176,6 +182,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warning = exposure_warning(config)
     if warning is not None:
         print(f"  warning: {warning}", file=sys.stderr, flush=True)
+    if config.inject_faults is not None:
+        print(f"  fault injection: {config.inject_faults} (some requests fail on purpose)",
+              file=sys.stderr, flush=True)
     run_server(config, log_level=args.log_level)
     return 0
 
