@@ -1,4 +1,4 @@
-"""The built-in Tinker losses (PROTOCOL.md §9) as pure, jit-able JAX functions.
+"""The built-in Tinker losses (docs/protocol.md §9) as pure, jit-able JAX functions.
 
 Every loss is defined per token and summed by the server (no length normalisation). The same
 code runs server-side in the local backend (through :data:`BUILTIN_LOSSES`) and client-side

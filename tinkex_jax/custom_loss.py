@@ -1,7 +1,7 @@
 """Custom losses as jit-compiled JAX functions that really train the model.
 
 ``TrainingClient.forward_backward_custom(data, loss_fn, regularizers=...)`` follows
-PROTOCOL.md §8.1:
+docs/protocol.md §8.1:
 
 1. a forward pass (loss ``cross_entropy``, only ``target_tokens`` and ``weights`` sent) gives
    the per-token logprobs of every datum;
@@ -349,7 +349,7 @@ def forward_backward_custom(
     policy: BucketPolicy | None = None,
     loss_signature: str | None = None,
 ) -> Future[ForwardBackwardOutput]:
-    """Forward, differentiate a custom loss of the logprobs, and apply it (PROTOCOL.md §8.1).
+    """Forward, differentiate a custom loss of the logprobs, and apply it (docs/protocol.md §8.1).
 
     Call it as ``training_client.forward_backward_custom(data, loss_fn, ...)``. The loss is
     either a JAX function ``(logprobs [B, T], batch: LossBatch) -> (loss, metrics)`` (jit-

@@ -234,6 +234,16 @@ def _build_response(status_code: int, headers: Mapping[str, str], body: object,
     return httpx.Response(status_code, headers=kept, content=content, request=request)
 
 
+def _answer_of(error: Any) -> httpx.Response:
+    """The ``response`` of a status or validation error: the one it was made with, else one
+    built once from its status, headers and body (``_response_built`` says which)."""
+    if error._response is None:
+        error._response = _build_response(error.status_code, error.headers, error.body,
+                                          error.request)
+        error._response_built = True
+    return cast("httpx.Response", error._response)
+
+
 def _request_of(response: Any) -> Any:
     """``response.request``, or None where httpx has none set (it raises RuntimeError)."""
     try:
@@ -345,11 +355,7 @@ class APIResponseValidationError(APIError):
     @property
     def response(self) -> httpx.Response:
         """The answer (see the class docstring)."""
-        if self._response is None:
-            self._response = _build_response(self.status_code, self.headers, self.body,
-                                             self.request)
-            self._response_built = True
-        return cast("httpx.Response", self._response)
+        return _answer_of(self)
 
 
 class APIStatusError(APIError):
@@ -408,11 +414,7 @@ class APIStatusError(APIError):
     @property
     def response(self) -> httpx.Response:
         """The answer (see the class docstring)."""
-        if self._response is None:
-            self._response = _build_response(self.status_code, self.headers, self.body,
-                                             self.request)
-            self._response_built = True
-        return cast("httpx.Response", self._response)
+        return _answer_of(self)
 
 
 def _default_status(cls: type[APIStatusError]) -> int:

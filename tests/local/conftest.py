@@ -3,18 +3,13 @@ shared server over the real JAX model layer with the tiny preset."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from local_fake_backend import FAKE, FakeBackend
-from local_support import TINY, RawClient, make_backend
-
+from tests.support.local_fake_backend import FAKE, FakeBackend
+from tests.support.local_support import TINY, RawClient, make_backend
 from tinkex_jax.local import LocalServer, serve
 
 

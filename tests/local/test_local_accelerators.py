@@ -22,9 +22,9 @@ import httpx
 import jax
 import numpy as np
 import pytest
-from local_support import TINY
 
 import tinkex_jax
+from tests.support.local_support import TINY
 from tinkex_jax.cli import main
 from tinkex_jax.local import LocalServer, ServerConfig, serve
 from tinkex_jax.local._jax_backend import (

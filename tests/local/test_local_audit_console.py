@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from local_support import FAKE
 
 import tinkex_jax
+from tests.support.local_support import FAKE
 from tinkex_jax.clients._rest import AdminClient
 from tinkex_jax.local import LocalServer, serve
 
@@ -34,7 +34,7 @@ def _utc_day() -> dt.date:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    from local_fake_backend import FakeBackend
+    from tests.support.local_fake_backend import FakeBackend
 
     # no_auth: an open (loopback) server, whose console shows what it holds
     with serve(tmp_path_factory.mktemp("audit-data"), base_models=[FAKE],
@@ -194,7 +194,7 @@ def test_save_results_link_to_their_checkpoint_pages(world: World,
 
 
 def test_console_pages_of_a_keyed_server_show_only_how_to_look(tmp_path: Any) -> None:
-    from local_fake_backend import FakeBackend
+    from tests.support.local_fake_backend import FakeBackend
 
     key = "tml-console-secret-key"
     with serve(tmp_path, base_models=[FAKE], backend=FakeBackend(), api_key=key,

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from local_fake_backend import FAKE, FakeBackend
-from local_support import RawClient
 
 import tinkex_jax as tinker
+from tests.support.local_fake_backend import FAKE, FakeBackend
+from tests.support.local_support import RawClient
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.local import LocalServer, ServerConfig, serve
 from tinkex_jax.wire import decode_sample_response

@@ -18,11 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fake_tinker import FakeTinker, json_response, serve_http
-
 import tinkex_jax
+from tests.support.fake_tinker import FakeTinker, json_response, serve_http
 from tinkex_jax._shell._config import read_stored_key
 from tinkex_jax.cli import main
 from tinkex_jax.local import LocalServer, serve

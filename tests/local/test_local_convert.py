@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from local_support import RawClient
 
+from tests.support.local_support import RawClient
 from tinkex_jax.builders import datum_from_tokens
 from tinkex_jax.local._backend import BaseModelInfo, SampledRow, SampleOutcome
 from tinkex_jax.local._convert import sample_job, sample_response, training_items

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_fake_backend import FAKE, FakeBackend
-from local_support import RawClient
 from starlette.testclient import TestClient
 
 import tinkex_jax
+from tests.support.local_fake_backend import FAKE, FakeBackend
+from tests.support.local_support import RawClient
 from tinkex_jax.local import ServerConfig, serve
 from tinkex_jax.local._app import create_app
 from tinkex_jax.local._effects import Effects

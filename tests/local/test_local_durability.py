@@ -4,7 +4,7 @@ data directory, either has the checkpoint (listed and loadable) or says the save
 its future is retrieved; either way no temporary is left. Also: files are fsynced before
 the rename, and finished sessions' rows are pruned.
 
-The servers run in child processes over the numpy fake backend (`subprocess_server`).
+The servers run in child processes over the numpy fake backend (`tests/support/subprocess_server.py`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from local_support import FAKE, datum
-from subprocess_server import ChildServer
 
 import tinkex_jax
+from tests.support.local_support import FAKE, datum
+from tests.support.subprocess_server import ChildServer
 from tinkex_jax.errors import RequestFailedError
 from tinkex_jax.local._storage import CheckpointRow, RunRow, SamplerRow, SessionRow, Storage
 from tinkex_jax.wire import encode_forward_backward_request

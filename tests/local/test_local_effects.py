@@ -6,9 +6,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from local_fake_backend import FAKE, FakeBackend
 from starlette.testclient import TestClient
 
+from tests.support.local_fake_backend import FAKE, FakeBackend
 from tinkex_jax.local import ServerConfig
 from tinkex_jax.local._app import create_app
 from tinkex_jax.local._effects import Effects

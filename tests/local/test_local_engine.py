@@ -11,9 +11,9 @@ import time
 import httpx
 import numpy as np
 import pytest
-from local_fake_backend import FAKE, FakeBackend
-from local_support import RawClient, datum
 
+from tests.support.local_fake_backend import FAKE, FakeBackend
+from tests.support.local_support import RawClient, datum
 from tinkex_jax.local import serve
 from tinkex_jax.wire import decode_forward_backward_output
 

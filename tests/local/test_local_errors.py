@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from local_support import TINY, RawClient, datum
 
+from tests.support.local_support import TINY, RawClient, datum
 from tinkex_jax.types import Datum, ModelInput
 
 pytestmark = [pytest.mark.official, pytest.mark.slow]

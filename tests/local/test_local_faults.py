@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from local_support import FAKE, TINY
 
+from tests.support.local_support import FAKE, TINY
 from tinkex_jax.checkpointing import CheckpointLog, resume, save_checkpoint
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.local import LocalServer, ServerConfig, serve

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings, strategies as st
-from local_fake_backend import FAKE, FakeBackend
-from local_support import TINY, RawClient, datum
 
+from tests.support.local_fake_backend import FAKE, FakeBackend
+from tests.support.local_support import TINY, RawClient, datum
 from tinkex_jax.local import LocalServer, serve
 from tinkex_jax.types import ForwardBackwardRequest
 from tinkex_jax.wire import encode_forward_backward_request, tinker_public_pb2 as pb

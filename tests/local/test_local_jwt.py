@@ -1,4 +1,4 @@
-"""JWT auth end to end (PROTOCOL.md §1.3): the local server with ``pjwt_auth_enabled`` over
+"""JWT auth end to end (docs/protocol.md §1.3): the local server with ``pjwt_auth_enabled`` over
 real HTTP on 127.0.0.1, driven by our SDK (and the official one), fake numpy backend."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from local_fake_backend import FakeBackend
-from local_support import FAKE
 
 import tinkex_jax as tinker
 import tinkex_jax.local._jwt
+from tests.support.local_fake_backend import FakeBackend
+from tests.support.local_support import FAKE
 from tinkex_jax.errors import TinkerError
 from tinkex_jax.local import LocalServer, serve
 from tinkex_jax.local._jwt import JwtSigner

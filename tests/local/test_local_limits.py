@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import pytest
 import zstandard
-from local_fake_backend import FAKE, FakeBackend
-from local_support import RawClient, datum
 
+from tests.support.local_fake_backend import FAKE, FakeBackend
+from tests.support.local_support import RawClient, datum
 from tinkex_jax.local import LocalServer, serve
 from tinkex_jax.types import Datum, ForwardBackwardRequest, ModelInput, TensorData
 from tinkex_jax.wire import encode_forward_backward_request, tinker_public_pb2 as pb

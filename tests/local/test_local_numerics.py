@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from local_support import TINY, RawClient, datum
 from safetensors.numpy import load_file
 
 from tests.support.jax_traces import count_traces
+from tests.support.local_support import TINY, RawClient, datum
 from tinkex_jax.local.model import decoder
 from tinkex_jax.local.model.config import LoraSpec
 from tinkex_jax.local.model.lora import Lora, init_lora, lora_to_arrays

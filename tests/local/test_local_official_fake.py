@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from local_fake_backend import FakeBackend
-from local_support import FAKE
 
+from tests.support.local_fake_backend import FakeBackend
+from tests.support.local_support import FAKE
 from tinkex_jax.local import serve
 
 pytestmark = pytest.mark.official

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from local_support import TINY
+
+from tests.support.local_support import TINY
 
 pytestmark = [pytest.mark.official, pytest.mark.slow]
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from local_fake_backend import FAKE, FakeBackend
-from local_support import RawClient, datum
 
 import tinkex_jax
+from tests.support.local_fake_backend import FAKE, FakeBackend
+from tests.support.local_support import RawClient, datum
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.local import LocalServer, ServerConfig, serve
 from tinkex_jax.local._config import API_KEY_FILE, with_api_key

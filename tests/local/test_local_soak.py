@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_support import TINY
-from subprocess_server import ChildServer
 
 import tinkex_jax
+from tests.support.local_support import TINY
+from tests.support.subprocess_server import ChildServer
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from local_fake_backend import FakeBackend
-from local_support import FAKE, RawClient
 
+from tests.support.local_fake_backend import FakeBackend
+from tests.support.local_support import FAKE, RawClient
 from tinkex_jax.local import LocalServer, serve
 from tinkex_jax.local._stability import SequenceRecord, StabilityRecords
 from tinkex_jax.types import Datum, ModelInput, PromptProvenanceSpan, SampledProvenanceSpan

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from local_support import TINY
 
 import losses
 import tinkex_jax
+from tests.support.local_support import TINY
 from tinkex_jax.local import LocalServer, serve
 
 pytestmark = pytest.mark.slow

@@ -11,12 +11,12 @@ import io
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.support.stubs import ExternalWeightsService
 from tinkex_jax.cli import archive, build_parser, download, output
 from tinkex_jax.cli.archive import ArchiveLimitError, ExtractionLimits
 
@@ -174,25 +174,6 @@ def _client(routes: dict[str, Callable[[], httpx.Response]]) -> httpx.Client:
     return httpx.Client(transport=httpx.MockTransport(lambda r: routes[r.url.path]()))
 
 
-class _Done:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def result(self, timeout: float | None = None) -> Any:
-        return self.value
-
-
-class _Service:
-    """Just what `download_checkpoint` calls for an ``external_weights`` path."""
-
-    def __init__(self, urls: dict[str, str]) -> None:
-        self.urls = urls
-
-    def create_rest_client(self) -> Any:
-        return SimpleNamespace(get_external_weights_urls=lambda path: _Done(
-            SimpleNamespace(urls=self.urls)))
-
-
 PATH = "tinker://run-1/external_weights/final"
 
 
@@ -202,7 +183,7 @@ def test_download_reports_the_extracted_size(tmp_path: Path) -> None:
     client = _client({"/a": lambda: httpx.Response(200, content=bundle),
                       "/c": lambda: httpx.Response(200, content=b"{}")})
     result = download.download_checkpoint(
-        _Service({"adapter.tar.gz": "https://h/a", "adapter_config.json": "https://h/c"}),  # type: ignore[arg-type]
+        ExternalWeightsService({"adapter.tar.gz": "https://h/a", "adapter_config.json": "https://h/c"}),  # type: ignore[arg-type]
         PATH, tmp_path / "out", http=client)
     assert result.files == ["adapter_config.json", "adapter_model.safetensors"]
     assert result.size_bytes == 3 * MiB + 2 and len(bundle) < MiB
@@ -224,7 +205,7 @@ def test_a_refused_download_leaves_nothing_behind(tmp_path: Path, case: str) -> 
     out = tmp_path / "out"
     with pytest.raises(ArchiveLimitError, match=match):
         download.download_checkpoint(
-            _Service({"a.tar": "https://h/a", "b.bin": "https://h/w"}), PATH, out,  # type: ignore[arg-type]
+            ExternalWeightsService({"a.tar": "https://h/a", "b.bin": "https://h/w"}), PATH, out,  # type: ignore[arg-type]
             http=client, limits=limits)
     assert _leftovers(out) == []
 

@@ -16,12 +16,12 @@ import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import httpx
 import pytest
 
 import tinkex_jax.cli
+from tests.support.stubs import ExternalWeightsService
 from tinkex_jax._shell import FakeTime
 from tinkex_jax._shell._retry import base_retry_delay
 from tinkex_jax.cli import Command, archive, build_parser, connection, download, main, output
@@ -352,25 +352,6 @@ def test_fetch_all_refuses_unsafe_file_names(tmp_path: Path) -> None:
     assert not (tmp_path / "evil").exists()
 
 
-class _Done:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def result(self, timeout: float | None = None) -> Any:
-        return self.value
-
-
-class _FakeService:
-    """Just what `download_checkpoint` calls for an ``external_weights`` path."""
-
-    def __init__(self, urls: dict[str, str]) -> None:
-        self.urls = urls
-
-    def create_rest_client(self) -> Any:
-        return SimpleNamespace(get_external_weights_urls=lambda path: _Done(
-            SimpleNamespace(urls=self.urls)))
-
-
 PATH = "tinker://run-1/external_weights/final"
 
 
@@ -379,7 +360,7 @@ def test_download_cleans_up_after_a_truncated_file(tmp_path: Path) -> None:
         "/ok": lambda: httpx.Response(200, content=b"{}"),
         "/cut": lambda: httpx.Response(200, headers={"Content-Length": "50"},
                                        stream=httpx.ByteStream(b"x" * 7))})
-    service = _FakeService({"a.json": "https://h/ok", "b.safetensors": "https://h/cut"})
+    service = ExternalWeightsService({"a.json": "https://h/ok", "b.safetensors": "https://h/cut"})
     with pytest.raises(CLIError, match="cut short"):
         download.download_checkpoint(service, PATH, tmp_path / "out", http=client)  # type: ignore[arg-type]
     assert _leftovers(tmp_path / "out") == []
@@ -422,7 +403,7 @@ def test_download_retries_transient_failures_with_the_shared_policy(
         return route()
 
     fake = FakeTime()
-    service = _FakeService({"adapter_model.safetensors": "https://h/w"})
+    service = ExternalWeightsService({"adapter_model.safetensors": "https://h/w"})
     result = download.download_checkpoint(  # type: ignore[arg-type]
         service, PATH, tmp_path / "out", http=_client({"/w": counted}), runtime=fake.runtime)
     assert (result.destination / "adapter_model.safetensors").read_bytes() == WEIGHTS
@@ -442,7 +423,7 @@ def test_download_does_not_retry_a_404_or_403(tmp_path: Path, status: int) -> No
         return httpx.Response(status)
 
     fake = FakeTime()
-    service = _FakeService({"a.json": "https://h/gone"})
+    service = ExternalWeightsService({"a.json": "https://h/gone"})
     with pytest.raises(CLIError, match=f"HTTP {status}"):
         download.download_checkpoint(service, PATH, tmp_path / "out",  # type: ignore[arg-type]
                                      http=_client({"/gone": gone}), runtime=fake.runtime)
@@ -466,8 +447,8 @@ def test_download_force_replaces_only_after_success(tmp_path: Path) -> None:
     target = out / "run-1_external_weights_final"
     target.mkdir(parents=True)
     (target / "old.txt").write_text("old")
-    good = _FakeService({"a.json": "https://h/ok"})
-    bad = _FakeService({"a.json": "https://h/gone"})
+    good = ExternalWeightsService({"a.json": "https://h/ok"})
+    bad = ExternalWeightsService({"a.json": "https://h/gone"})
     client = _client({"/ok": lambda: httpx.Response(200, content=b"{}"),
                       "/gone": lambda: httpx.Response(404)})
     with pytest.raises(CLIError, match="already exists"):

@@ -1,4 +1,4 @@
-"""Where the ``X-API-Key`` value of each request comes from (PROTOCOL.md §1.2, §1.3).
+"""Where the ``X-API-Key`` value of each request comes from (docs/protocol.md §1.2, §1.3).
 
 Three pieces, all living on the shell's event loop:
 

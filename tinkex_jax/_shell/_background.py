@@ -1,4 +1,4 @@
-"""Background work of a session (PROTOCOL.md §2, §3.8): heartbeats, config refresh and
+"""Background work of a session (docs/protocol.md §2, §3.8): heartbeats, config refresh and
 telemetry batching. Each loop is a plain coroutine over injected callables, so tests drive
 it with a fake clock.
 """

@@ -1,4 +1,4 @@
-"""Client settings as frozen values, resolved by one function (PROTOCOL.md §0, §1).
+"""Client settings as frozen values, resolved by one function (docs/protocol.md §0, §1).
 
 Precedence is always: explicit argument > environment variable > default. `resolve_settings`
 takes the environment as a mapping so tests pass their own; its only I/O is reading the
@@ -368,7 +368,7 @@ def _normalise_base_url(base_url: str) -> str:
 
 
 def join_url(base_url: str, path: str) -> str:
-    """Join an API path to the base URL, keeping any path prefix of the base (PROTOCOL.md §0).
+    """Join an API path to the base URL, keeping any path prefix of the base (docs/protocol.md §0).
 
     Example:
         >>> join_url("https://host/services/tinker-prod", "/api/v1/create_session")
@@ -432,7 +432,7 @@ def resolve_settings(
     ``CLOUDFLARE_ACCESS_CLIENT_ID`` / ``_SECRET``, ``TINKEX_WAIT_FOR_SERVER`` (seconds), and
     ``HOME`` to find the stored credentials. Empty values count as unset.
 
-    The credential (PROTOCOL.md §1.2), first match wins: `api_key`, ``TINKER_API_KEY``,
+    The credential (docs/protocol.md §1.2), first match wins: `api_key`, ``TINKER_API_KEY``,
     ``TINKER_CREDENTIAL_CMD`` (not run here: the auth flow runs it for every request), the
     default key in `credentials_file` (default ``$HOME/.tinker/credentials.json``), and for
     a loopback base URL (the embedded local backend) ``tml-local``. A static key must start

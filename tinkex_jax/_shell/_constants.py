@@ -1,7 +1,7 @@
-"""Constants of the shell: versions, defaults and the endpoint table (PROTOCOL.md §3, §6).
+"""Constants of the shell: versions, defaults and the endpoint table (docs/protocol.md §3, §6).
 
 Every endpoint's retry policy lives here as data, so one function sends every request and
-a reader can check the table against PROTOCOL.md in one place.
+a reader can check the table against docs/protocol.md in one place.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = [
 PACKAGE_VERSION = "0.1.0"
 #: The protocol version we speak, sent as ``sdk_version`` and ``x-sdk-version``: servers gate
 #: features (e.g. ``sample_sequence_ids``) on it, so it names the official SDK release whose
-#: wire contract we implement (PROTOCOL.md).
+#: wire contract we implement (docs/protocol.md).
 PROTOCOL_VERSION = "0.38.0"
 
 DEFAULT_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"
@@ -41,7 +41,7 @@ RequestType = Literal[
     "CreateModel", "ForwardBackward", "Forward", "OptimStep", "SaveWeights", "LoadWeights",
     "SaveWeightsForSampler", "SaveWeightsExternal", "Sample", "CreateCustomLoss",
 ]
-#: Future kinds whose success payload is protobuf (PROTOCOL.md §4.2).
+#: Future kinds whose success payload is protobuf (docs/protocol.md §4.2).
 PROTO_REQUEST_TYPES: frozenset[str] = frozenset({"ForwardBackward", "Forward", "Sample"})
 
 

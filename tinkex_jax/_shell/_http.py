@@ -1,5 +1,5 @@
 """The HTTP layer: one `httpx.AsyncClient`, the credential auth flow (`_auth`), default
-headers, the JWT exchange of PROTOCOL.md §1.3 and the base-client retry loop of §6.1 (plus
+headers, the JWT exchange of docs/protocol.md §1.3 and the base-client retry loop of §6.1 (plus
 the bare-400 proxy quirk of §6.5); and the plain synchronous client of file downloads, built
 with the same network options (`build_download_client`).
 """

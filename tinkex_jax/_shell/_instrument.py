@@ -1,7 +1,7 @@
 """Which public SDK method a request belongs to, for the ported ``*_async`` methods too.
 
 Every public client method hands its work to `Shell.submit` under its own name, which the
-requests then carry as ``x-sdk-method`` (PROTOCOL.md §1.1) and which errors and telemetry
+requests then carry as ``x-sdk-method`` (docs/protocol.md §1.1) and which errors and telemetry
 name. A ``*_async`` method is a thin coroutine around its sync sibling; `instrument_async`
 makes it count as a method of its own (``TrainingClient.save_weights_external_async``, not
 ``TrainingClient.save_weights_external``), the way the official SDK attributes them. The

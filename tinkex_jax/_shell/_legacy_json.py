@@ -1,6 +1,6 @@
 """Reading forward / forward_backward / sample results that arrive as JSON.
 
-Since 0.25 these three result kinds travel as protobuf (PROTOCOL.md §4.2); servers built for
+Since 0.25 these three result kinds travel as protobuf (docs/protocol.md §4.2); servers built for
 earlier SDKs answer them with JSON bodies of the same types instead, and the official 0.38 SDK
 fails on those. We read them (lenient in what we read): a ForwardBackwardOutput is the same
 object either way, and a SampleResponse's JSON has Python lists (``tokens``, ``logprobs``,

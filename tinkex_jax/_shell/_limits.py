@@ -1,4 +1,4 @@
-"""Dispatch limits (PROTOCOL.md §6.4, §7.3): byte budgets and the sampling dispatcher.
+"""Dispatch limits (docs/protocol.md §6.4, §7.3): byte budgets and the sampling dispatcher.
 
 All of these live on the shell's event loop; none is thread-safe by itself.
 """

@@ -1,4 +1,4 @@
-"""Submission order of one TrainingClient (PROTOCOL.md §7.2) as explicit turn state.
+"""Submission order of one TrainingClient (docs/protocol.md §7.2) as explicit turn state.
 
 Request ids are reserved in program order (`tinkex_jax.builders.reserve_request_ids`). A
 request may be POSTed once every smaller id has been *released* (its POST returned, well or

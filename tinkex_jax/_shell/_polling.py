@@ -1,4 +1,4 @@
-"""Long polling of ``retrieve_future`` with every answer of PROTOCOL.md §5.2.
+"""Long polling of ``retrieve_future`` with every answer of docs/protocol.md §5.2.
 
 | answer | reaction |
 |---|---|

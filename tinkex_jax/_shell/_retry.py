@@ -1,4 +1,4 @@
-"""Retry schedules of PROTOCOL.md §5.2 and §6 as pure functions, the base policy of §6.1 as
+"""Retry schedules of docs/protocol.md §5.2 and §6 as pure functions, the base policy of §6.1 as
 explicit per-request state (`BaseRetries`: the API requests of `HttpCore` and the file
 downloads of `tinkex_jax._shell._fetch` both follow it), plus the holder retry loop.
 

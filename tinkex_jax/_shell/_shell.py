@@ -2,7 +2,7 @@
 or unpickled SamplingClient).
 
 It owns the background event-loop thread, the HTTP client, the session life cycle of
-PROTOCOL.md §2 (config, dynamic config, create_session, heartbeat, config refresh,
+docs/protocol.md §2 (config, dynamic config, create_session, heartbeat, config refresh,
 telemetry, finish), the retry loops of §6, the dispatch limits and the long polling of §5.
 Clients hold a shell, build requests with the pure builders and hand them to it.
 """
@@ -60,7 +60,7 @@ FinishStatus = Literal["success", "errored", "interrupted"]
 logger = logging.getLogger("tinkex_jax.session")
 
 _CLOSE_TELEMETRY_BUDGET = 3.0
-#: Answers to ``sessions/{id}/finish`` that mean "nothing to finish" (PROTOCOL.md §12).
+#: Answers to ``sessions/{id}/finish`` that mean "nothing to finish" (docs/protocol.md §12).
 _FINISH_ABSENT = frozenset({404, 405, 410})
 _NOT_REPORTED = (ValidationError, ClientPoisonedError, asyncio.CancelledError)
 
@@ -279,7 +279,7 @@ class Shell:
         observer: QueueObserver | None = None,
         roundtrip: float = 0.0,
     ) -> T:
-        """Long-poll the result of a submitted request (PROTOCOL.md §5)."""
+        """Long-poll the result of a submitted request (docs/protocol.md §5)."""
         return await retrieve_future(
             self.http, future.request_id, request_type, runtime=self.runtime,
             billing=self.billing, response_budget=self.response_budget, json_type=json_type,

@@ -2,7 +2,7 @@
 
 Datum construction with the shift-by-one done for you, RL data from sampled groups
 (group-relative advantages, KL penalties folded in without mutation), validation of training data,
-chunking (PROTOCOL.md §7.3) and merging of chunk results (§7.4), id allocation as explicit
+chunking (docs/protocol.md §7.3) and merging of chunk results (§7.4), id allocation as explicit
 state (§7.1), tinker path parsing, request-size estimates.
 """
 

@@ -1,4 +1,4 @@
-"""Chunking of forward_backward data (PROTOCOL.md §7.3) and merging of chunk results (§7.4)."""
+"""Chunking of forward_backward data (docs/protocol.md §7.3) and merging of chunk results (§7.4)."""
 
 from __future__ import annotations
 

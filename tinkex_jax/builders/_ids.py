@@ -1,4 +1,4 @@
-"""Id allocation as explicit state (PROTOCOL.md §7.1): pure functions over small tuples."""
+"""Id allocation as explicit state (docs/protocol.md §7.1): pure functions over small tuples."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""tinker:// paths and id formats (PROTOCOL.md §10)."""
+"""tinker:// paths and id formats (docs/protocol.md §10)."""
 
 from __future__ import annotations
 

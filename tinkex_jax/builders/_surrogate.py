@@ -1,4 +1,4 @@
-"""The pure pieces of a custom-loss step (PROTOCOL.md §8.1), in numpy: no JAX, no torch.
+"""The pure pieces of a custom-loss step (docs/protocol.md §8.1), in numpy: no JAX, no torch.
 
 A custom loss trains through two ordinary requests: a forward pass that gives the per-token
 logprobs of the targets, and a ``cross_entropy`` forward_backward whose weights are the
@@ -121,7 +121,7 @@ def split_like(items: Sequence[Datum], chunks: Sequence[Sequence[Datum]]) -> lis
 
 def merge_custom_metrics(backward: Mapping[str, float], custom_loss: float,
                          loss_metrics: Mapping[str, float]) -> dict[str, float]:
-    """Metrics of a custom step, as the official SDK reports them (PROTOCOL.md §8.1 step 8).
+    """Metrics of a custom step, as the official SDK reports them (docs/protocol.md §8.1 step 8).
 
     The server's ``loss:sum`` (the linear surrogate) becomes ``surrogate_loss:sum`` (left
     out when an older server reports none); the loss's metrics are added; ``loss:sum`` is

@@ -1,4 +1,4 @@
-"""RestClient: sessions, training runs, checkpoints and weights (PROTOCOL.md §3.2, §3.10).
+"""RestClient: sessions, training runs, checkpoints and weights (docs/protocol.md §3.2, §3.10).
 
 Every method returns a `Future` (``*_async`` names give the result directly, for ported
 code). A RestClient needs no session: it only fetches the client config first.
@@ -368,7 +368,7 @@ class RestClient:
     def whoami(self) -> Future[WhoamiResponse]:
         """The caller's identity, read from the claims of the JWT the client holds.
 
-        No whoami request is made (PROTOCOL.md §1.3, §3.11): in JWT mode (the server's client
+        No whoami request is made (docs/protocol.md §1.3, §3.11): in JWT mode (the server's client
         config says ``pjwt_auth_enabled``) the current JWT is decoded (``sub`` →
         ``user_urn``, ``org_id`` → ``org_urn = "tml:organization:<org_id>"``, ``email``);
         otherwise a Tinker-issued JWT passed as the key (``iss`` ``passport-…``) is.
@@ -636,7 +636,7 @@ class AdminClient:
 
 async def copy_weights(shell: Shell, body: CopyWeightsRequest, *,
                        weights_access_token: str | None) -> str:
-    """POST copy_weights with one idempotency key for every retry (PROTOCOL.md §1.1)."""
+    """POST copy_weights with one idempotency key for every retry (docs/protocol.md §1.1)."""
     headers = ({"X-Tinker-Weights-Access-Token": weights_access_token}
                if weights_access_token else None)
     response = await shell.call("copy_weights", body, CopyWeightsResponse, headers=headers,

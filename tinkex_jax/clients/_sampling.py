@@ -1,4 +1,4 @@
-"""SamplingClient: sample and score with a sampling session (PROTOCOL.md §3.5, §3.6, §6.4).
+"""SamplingClient: sample and score with a sampling session (docs/protocol.md §3.5, §3.6, §6.4).
 
 A SamplingClient is picklable: the pickle (and `get_sampler_handle`) carries the session id,
 the sampling session id, the base model, the base URL and the cached server configs, never
@@ -73,7 +73,7 @@ _BACKPRESSURE_SMALL_PROMPT = 128 * 1024
 
 @dataclasses.dataclass(frozen=True)
 class RetryConfig:
-    """How `SamplingClient.sample` / `compute_logprobs` retry (PROTOCOL.md §6.4).
+    """How `SamplingClient.sample` / `compute_logprobs` retry (docs/protocol.md §6.4).
 
     Each retry is a new submission with a new seq id, after ``min(base * 2**attempt,
     max)`` seconds ± `jitter_factor`. Attempts are unbounded while progress is made; with
@@ -123,7 +123,7 @@ def _sample_retryable(error: BaseException) -> bool:
 def _with_sequence_ids(response: SampleResponse, ids: list[str] | None) -> SampleResponse:
     """The response with one ``sequence_id`` per sequence, or None on every sequence when the
     asample future did not carry exactly one id per sequence (servers built for older SDKs
-    give none; PROTOCOL.md §12)."""
+    give none; docs/protocol.md §12)."""
     if ids is not None and len(ids) == len(response.sequences):
         if all(seq.sequence_id == i for seq, i in zip(response.sequences, ids)):
             return response
@@ -556,7 +556,7 @@ def create_sampling_client(
     record_stability_info: bool,
     sdk_method: str,
 ) -> ClientFuture[SamplingClient]:
-    """Create a sampling session and its client (PROTOCOL.md §2, §3.5).
+    """Create a sampling session and its client (docs/protocol.md §2, §3.5).
 
     ``create_sampling_session``, then ``GET samplers/{id}`` when the base model is unknown.
     Arguments are validated before anything is sent or reserved.

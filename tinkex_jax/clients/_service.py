@@ -1,7 +1,7 @@
 """ServiceClient: the entry point. Owns the session and creates the other clients.
 
 ``ServiceClient()`` does nothing on the network. The first method that needs a session
-fetches the client config, creates the session and starts heartbeats (PROTOCOL.md §2).
+fetches the client config, creates the session and starts heartbeats (docs/protocol.md §2).
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ class ServiceClient:
                                  base_model: str | None, user_metadata: dict[str, str] | None,
                                  weights_access_token: str | None,
                                  optimizer_config: OptimizerConfig | None) -> TrainingClient:
-        """The older servers' flow (PROTOCOL.md §12): ``weights_info`` for the checkpoint's
+        """The older servers' flow (docs/protocol.md §12): ``weights_info`` for the checkpoint's
         model and LoRA shape, ``create_model``, then the model's first request, a
         ``load_weights`` by ``model_id``."""
         shell = self._shell

@@ -1,5 +1,5 @@
 """TrainingClient: forward / backward passes, optimizer steps and checkpoints of one LoRA
-training model (PROTOCOL.md §3.3, §3.4, §7).
+training model (docs/protocol.md §3.3, §3.4, §7).
 
 Every submitting method validates its input, reserves its request ids synchronously (in
 program order) and returns a `Future` at once. Requests are POSTed in the order the calls
@@ -77,7 +77,7 @@ __all__ = ["TrainingClient"]
 T = TypeVar("T")
 logger = logging.getLogger("tinkex_jax.training")
 
-#: Loss names the wire accepts (PROTOCOL.md §4.1): the names of the one loss table
+#: Loss names the wire accepts (docs/protocol.md §4.1): the names of the one loss table
 #: (`losses.LOSS_SPECS`); the built-in ones are validated fully.
 _WIRE_LOSSES = tuple(LOSS_SPECS)
 
@@ -159,7 +159,7 @@ class TrainingClient:
         return ids
 
     def _chunk(self, data: Sequence[Datum]) -> list[list[Datum]]:
-        """Split data into request chunks with the server's limits (PROTOCOL.md §7.3)."""
+        """Split data into request chunks with the server's limits (docs/protocol.md §7.3)."""
         config = self._shell.require_client_config()
         return chunk_data(data, max_chunk_len=config.fwdbwd_max_chunk_len,
                           max_chunk_bytes=config.fwdbwd_max_chunk_bytes_count)
@@ -362,7 +362,7 @@ class TrainingClient:
         A forward pass gives the logprobs, the loss and its gradient with respect to them are
         computed here (``jax.value_and_grad`` compiled per length bucket, with the weighted
         `regularizers`; or ``loss.backward()`` for a torch loss), and a ``cross_entropy``
-        forward_backward with ``weights = -grad`` applies it (PROTOCOL.md §8.1). Both phases'
+        forward_backward with ``weights = -grad`` applies it (docs/protocol.md §8.1). Both phases'
         request ids are reserved now, so calls submitted after this one wait behind it; a
         failure in the chain poisons this client.
 
@@ -410,7 +410,7 @@ class TrainingClient:
         *,
         sdk_method: str = "TrainingClient.forward_backward_surrogate",
     ) -> Future[ForwardBackwardOutput]:
-        """Train on a loss computed here from the per-token logprobs (PROTOCOL.md §8.1).
+        """Train on a loss computed here from the per-token logprobs (docs/protocol.md §8.1).
 
         The seam custom losses go through. A forward pass (``cross_entropy``, only
         ``target_tokens`` and ``weights`` sent) gives each datum's logprobs of its targets;

@@ -1,6 +1,6 @@
 """The embedded local backend: a Tinker-compatible server inside tinkex_jax.
 
-It serves the Tinker HTTP protocol (PROTOCOL.md) from this machine, so the README demo runs
+It serves the Tinker HTTP protocol (docs/protocol.md) from this machine, so the README demo runs
 offline, tests hit a real server, and the unmodified official ``tinker`` SDK works against
 it. Models are small JAX Llama / Qwen3 decoders with LoRA adapters (presets
 ``tinkex-jax/tiny`` and ``tinkex-jax/small``, or local Hugging Face directories).

@@ -1,4 +1,4 @@
-"""The Starlette app: Tinker's HTTP routes (PROTOCOL.md §3, §11) over the engine's services.
+"""The Starlette app: Tinker's HTTP routes (docs/protocol.md §3, §11) over the engine's services.
 
 The only module that speaks HTTP: it checks credentials, decodes bodies into wire types,
 calls the service each route needs (`Engine.sessions`, ``training``, ``weights``,
@@ -15,7 +15,7 @@ as a proxy failure).
 compared in constant time) or, with ``no_auth``, any key that starts with ``tml-``. Keys are
 never logged. Each request acts for an owner: a hash of its key (`_jwt.key_owner`), or its
 JWT's subject. The services answer 404 for what another owner created. With
-``pjwt_auth_enabled`` the server also serves the JWT exchange of PROTOCOL.md §1.3 (``POST
+``pjwt_auth_enabled`` the server also serves the JWT exchange of docs/protocol.md §1.3 (``POST
 /api/v1/auth/token``, see `_jwt`), and every authenticated route but ``client/config`` and
 ``auth/token`` then takes only its JWTs.
 

@@ -1,4 +1,4 @@
-"""The local backend's audit log (``GET /api/v1/audit``, PROTOCOL.md §3.10 admin calls).
+"""The local backend's audit log (``GET /api/v1/audit``, docs/protocol.md §3.10 admin calls).
 
 Each caller sees the events of what its owner (key or JWT subject) created or changed, plus
 those of rows written before owners were recorded. A day's log is built from two sources in

@@ -100,11 +100,11 @@ class ServerConfig:
         max_live_samplers: Sampling sessions kept in memory (least recently used beyond this
             are dropped; those over saved weights reload on use).
         max_sampler_handles: Samplers whose merged weights stay prepared for decoding.
-        pjwt_auth_enabled: Serve JWT auth (PROTOCOL.md §1.3), to test SDKs' JWT mode:
+        pjwt_auth_enabled: Serve JWT auth (docs/protocol.md §1.3), to test SDKs' JWT mode:
             ``client/config`` reports it, ``POST /api/v1/auth/token`` trades an accepted
             ``tml-`` key for an HS256 JWT signed with a random per-process secret, and every
             other authenticated route then accepts only such a JWT (see
-            `tinkex_jax.local._jwt`). Off by default, as PROTOCOL.md recommends.
+            `tinkex_jax.local._jwt`). Off by default, as docs/protocol.md recommends.
         jwt_lifetime_s: Lifetime (``exp - iat``) of those JWTs.
         session_idle_timeout_s: A session without a heartbeat for this long is finished as
             ``interrupted`` by the background reaper, which frees its training models (their

@@ -1,4 +1,4 @@
-"""The local backend's optional JWT auth (PROTOCOL.md §1.3), for testing SDKs' JWT mode.
+"""The local backend's optional JWT auth (docs/protocol.md §1.3), for testing SDKs' JWT mode.
 
 With ``ServerConfig(pjwt_auth_enabled=True)``, ``POST /api/v1/client/config`` says so,
 ``POST /api/v1/auth/token`` trades an accepted ``tml-`` key for a JWT, and every other

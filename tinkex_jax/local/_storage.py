@@ -240,7 +240,7 @@ _SAVE_TYPES = {"weights": "save_weights", "sampler_weights": "save_weights_for_s
 
 
 def save_answer(row: CheckpointRow) -> dict[str, Any]:
-    """The result a save request answers once it added `row` (PROTOCOL.md §5.2).
+    """The result a save request answers once it added `row` (docs/protocol.md §5.2).
 
     Example:
         >>> save_answer(CheckpointRow(run_id="r", checkpoint_id="weights/a", kind="weights",

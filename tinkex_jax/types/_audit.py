@@ -1,4 +1,4 @@
-"""Audit log types: the answer of ``GET /api/v1/audit`` (PROTOCOL.md §3.10, admin calls).
+"""Audit log types: the answer of ``GET /api/v1/audit`` (docs/protocol.md §3.10, admin calls).
 
 Example:
     >>> import msgspec

@@ -28,7 +28,7 @@ __all__ = [
 #: Keys whose 2-D torch tensors travel as sparse CSR when that is smaller (as in the official SDK).
 _SPARSE_ELIGIBLE_KEYS = frozenset({"target_tokens", "weights"})
 
-#: Wire dtype of the well-known `loss_fn_inputs` keys (PROTOCOL.md §4.1).
+#: Wire dtype of the well-known `loss_fn_inputs` keys (docs/protocol.md §4.1).
 KEY_DTYPES: Mapping[str, TensorDtype] = {
     "target_tokens": "int64",
     "weights": "float32",

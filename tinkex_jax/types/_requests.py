@@ -1,4 +1,4 @@
-"""Request bodies of every endpoint (PROTOCOL.md §3).
+"""Request bodies of every endpoint (docs/protocol.md §3).
 
 Each JSON request carries its constant ``type`` discriminator. ``None`` fields are omitted on
 the wire (see `tinkex_jax.wire.encode_json`). Validation happens in ``__post_init__``, so a

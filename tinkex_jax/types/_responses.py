@@ -1,4 +1,4 @@
-"""Response bodies (PROTOCOL.md §3, §5). Lenient: unknown fields ignored, optional ones absent."""
+"""Response bodies (docs/protocol.md §3, §5). Lenient: unknown fields ignored, optional ones absent."""
 
 from __future__ import annotations
 

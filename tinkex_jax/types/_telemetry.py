@@ -1,4 +1,4 @@
-"""Telemetry events and batches (PROTOCOL.md §3.8)."""
+"""Telemetry events and batches (docs/protocol.md §3.8)."""
 
 from __future__ import annotations
 

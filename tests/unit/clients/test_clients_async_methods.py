@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fake_tinker import FakeTinker, make_service
 
 import tinkex_jax as tinker
+from tests.support.fake_tinker import FakeTinker, make_service
 from tinkex_jax.builders import datum_from_tokens
 from tinkex_jax.clients import _rest
 

@@ -1,4 +1,4 @@
-"""Lenient reading of servers built for older SDKs (PROTOCOL.md §12), against the fake server
+"""Lenient reading of servers built for older SDKs (docs/protocol.md §12), against the fake server
 answering in the older shapes: every call the server answered succeeds, falls back to the
 older flow where there is one (with a debug log), and the result says what is absent."""
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fake_tinker import FakeTinker, json_response, make_service
 
 import tinkex_jax as tinker
+from tests.support.fake_tinker import FakeTinker, json_response, make_service
 from tinkex_jax.builders import datum_from_tokens
 
 PROMPT = tinker.ModelInput.from_ints([5, 6, 7, 8])

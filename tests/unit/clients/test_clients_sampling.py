@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fake_tinker import TEST_KEY, FakeTinker, json_response, make_service, serve_http
 
 import tinkex_jax as tinker
+from tests.support.fake_tinker import TEST_KEY, FakeTinker, json_response, make_service, serve_http
 from tinkex_jax._shell import FakeTime
 from tinkex_jax._shell._retry import sample_retry_delay
 from tinkex_jax.clients import RetryConfig

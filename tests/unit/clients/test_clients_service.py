@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from fake_tinker import FakeTinker, json_response, make_service
 
 import tinkex_jax as tinker
+from tests.support.fake_tinker import FakeTinker, json_response, make_service
 from tinkex_jax.builders import datum_from_tokens
 
 official = pytest.importorskip("tinker")

@@ -24,7 +24,7 @@ def _lead(x: np.ndarray, ndim: int) -> np.ndarray:
 
 
 def np_per_token(name, t, inputs, mask, cfg):
-    """Straightforward per-token losses from PROTOCOL.md §9, written with NumPy only."""
+    """Straightforward per-token losses from docs/protocol.md §9, written with NumPy only."""
     m = np.broadcast_to(_lead(mask != 0, t.ndim), t.shape)
     x = {k: np.broadcast_to(_lead(v, t.ndim), t.shape) for k, v in inputs.items()}
     low = cfg.get("clip_low_threshold", LOW)

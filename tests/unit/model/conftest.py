@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import model_testlib`
-
-from model_testlib import CFG, perturb
-
+from tests.support.model_testlib import CFG, perturb
 from tinkex_jax.local.model import LoraSpec, Model, init_lora, init_params
 
 

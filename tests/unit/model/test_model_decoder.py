@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_testlib import CFG, jit_logits, perturb
 
+from tests.support.model_testlib import CFG, jit_logits, perturb
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.local.model import (
     LoraSpec,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tokenizers
 from hypothesis import given, settings, strategies as st
-from model_testlib import jit_logits
 from safetensors.numpy import save_file
 
+from tests.support.model_testlib import jit_logits
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.local.model import (
     BYTE_VOCAB_SIZE,

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from model_testlib import CFG, cross_entropy, reversal_datum
 
+from tests.support.model_testlib import CFG, cross_entropy, reversal_datum
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.local.model import (
     LoraSpec,

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from model_testlib import cross_entropy
 
+from tests.support.model_testlib import cross_entropy
 from tinkex_jax.local.model import (
     LoraSpec,
     Sampler,

@@ -6,9 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_testlib import CFG, cross_entropy, jit_logits, reversal_datum, scaled_cross_entropy
 
 from tests.support.jax_traces import count_traces
+from tests.support.model_testlib import (
+    CFG,
+    cross_entropy,
+    jit_logits,
+    reversal_datum,
+    scaled_cross_entropy,
+)
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.local.model import (
     Buckets,

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_testlib import CFG, jit_logits
 
 from tests.support.jax_traces import count_traces
+from tests.support.model_testlib import CFG, jit_logits
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.local.model import Sampler, find_stop_string
 

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent('''
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     sys.path.insert(0, sys.argv[1])
-    from model_testlib import CFG, cross_entropy, reversal_datum
+    from tests.support.model_testlib import CFG, cross_entropy, reversal_datum
     from tinkex_jax.local.model import (LoraSpec, Model, Sampler, forward_backward, init_lora,
         init_optimizer, init_params, make_batch, optim_step, split_outputs)
     from tinkex_jax.local.model.hf import params_from_hf, params_to_hf
@@ -109,7 +109,7 @@ SCRIPT = textwrap.dedent('''
 def report():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(Path(__file__).parent)],
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO)],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -161,7 +161,7 @@ def test_stateful_composition_threads_state_without_retrace():
 
 
 def test_surrogate_weights_reproduce_the_composed_gradient():
-    """PROTOCOL §8: sending weights = -grad with cross_entropy gives the custom gradient."""
+    """docs/protocol.md §8: sending weights = -grad with cross_entropy gives the custom gradient."""
     with jax.enable_x64(True):
         _, batch = make_batch()
         composed = compose(base_loss, stateless_terms())

@@ -1,4 +1,4 @@
-"""Credentials and JWT auth (PROTOCOL.md §1.2, §1.3): which credential is sent, the credential
+"""Credentials and JWT auth (docs/protocol.md §1.2, §1.3): which credential is sent, the credential
 command, the stored credentials file, the token exchange and its refreshes, the 401
 invalid_token replay, RestClient.whoami, and that no credential leaks anywhere.
 
@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
-from fake_tinker import FakeTinker, json_response
 
 import tinkex_jax as tinker
+from tests.support.fake_tinker import FakeTinker, json_response
 from tinkex_jax._shell import FakeTime, Runtime, Secret, resolve_settings
 from tinkex_jax._shell._auth import (
     REFRESH_RETRY_S,

@@ -1,4 +1,4 @@
-"""Heartbeats, config refresh and telemetry batching (PROTOCOL.md §2, §3.8)."""
+"""Heartbeats, config refresh and telemetry batching (docs/protocol.md §2, §3.8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Session life cycle (PROTOCOL.md §2), headers (§1.1), logging and redaction."""
+"""Session life cycle (docs/protocol.md §2), headers (§1.1), logging and redaction."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pickle
 
 import httpx
 import pytest
-from fake_tinker import TEST_KEY, FakeTinker, json_response, make_service
 
 import tinkex_jax as tinker
+from tests.support.fake_tinker import TEST_KEY, FakeTinker, json_response, make_service
 from tinkex_jax._shell import FakeTime
 from tinkex_jax.errors import NotFoundError, PermissionDeniedError
 

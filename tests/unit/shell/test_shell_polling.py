@@ -1,4 +1,4 @@
-"""retrieve_future long polling: every answer of PROTOCOL.md §5.2, with exact sleeps."""
+"""retrieve_future long polling: every answer of docs/protocol.md §5.2, with exact sleeps."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import httpx
 import numpy as np
 import pytest
-from fake_tinker import PROTO, TEST_KEY, Scripted, json_response
 
+from tests.support.fake_tinker import PROTO, TEST_KEY, Scripted, json_response
 from tinkex_jax._shell import SDK_METHOD, FakeTime, HttpCore, resolve_settings, retrieve_future
 from tinkex_jax._shell._limits import BytesBudget
 from tinkex_jax._shell._retry import BillingPause

@@ -1,4 +1,4 @@
-"""Retry schedules of PROTOCOL.md §6, asserted exactly with a fake clock (no sleeping)."""
+"""Retry schedules of docs/protocol.md §6, asserted exactly with a fake clock (no sleeping)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import datetime as dt
 
 import httpx
 import pytest
-from fake_tinker import TEST_KEY, Scripted, json_response
 
+from tests.support.fake_tinker import TEST_KEY, Scripted, json_response
 from tinkex_jax._shell import FakeTime, HttpCore, resolve_settings
 from tinkex_jax._shell._retry import (
     BillingPause,

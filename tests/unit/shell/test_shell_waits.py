@@ -10,9 +10,9 @@ import socket
 
 import httpx
 import pytest
-from fake_tinker import TEST_KEY, FakeTinker, Scripted, json_response
 
 import tinkex_jax as tinker
+from tests.support.fake_tinker import TEST_KEY, FakeTinker, Scripted, json_response
 from tinkex_jax._shell import FakeTime, HttpCore, _waits, resolve_settings, retrieve_future
 from tinkex_jax._shell._limits import BytesBudget
 from tinkex_jax._shell._retry import BillingPause, base_retry_delay, with_holder_retries

@@ -6,15 +6,12 @@ HF_* variables cleared and HOME pointed at a temporary directory.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import tokenizer_helpers`
-from tokenizer_helpers import HF_ENV
-
+from tests.support.tokenizer_helpers import HF_ENV
 from tinkex_jax import tokenizer as tokmod
 
 

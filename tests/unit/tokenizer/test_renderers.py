@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from tokenizer_helpers import bpe_hf, write_hf_dir
 
+from tests.support.tokenizer_helpers import bpe_hf, write_hf_dir
 from tinkex_jax.builders import full_sequence
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.renderers import (

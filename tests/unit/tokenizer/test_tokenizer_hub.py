@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tokenizer_helpers import kimi_files, word_level_hf, write_hf_dir
 
+from tests.support.tokenizer_helpers import kimi_files, word_level_hf, write_hf_dir
 from tinkex_jax._shell import FakeTime
 from tinkex_jax._shell._retry import base_retry_delay
 from tinkex_jax.errors import ValidationError

@@ -7,8 +7,8 @@ import json
 
 import pytest
 import tiktoken
-from tokenizer_helpers import kimi_files
 
+from tests.support.tokenizer_helpers import kimi_files
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.tokenizer import KIMI_PAT_STR, get_tokenizer
 

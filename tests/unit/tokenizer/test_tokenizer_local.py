@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from tokenizer_helpers import bpe_hf, word_level_hf, write_hf_dir
 
+from tests.support.tokenizer_helpers import bpe_hf, word_level_hf, write_hf_dir
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.tokenizer import Tokenizer, byte_tokenizer, clear_tokenizer_cache, get_tokenizer
 
@@ -231,7 +231,7 @@ def test_import_is_light():
 def test_pickle_round_trip(tmp_path):
     import pickle
 
-    from tokenizer_helpers import kimi_files
+    from tests.support.tokenizer_helpers import kimi_files
 
     hf_tok = get_tokenizer(str(write_hf_dir(tmp_path / "tok", config=CONFIG)))
     hf_tok.apply_chat_template([{"role": "user", "content": "cat"}])  # fills the renderer cache

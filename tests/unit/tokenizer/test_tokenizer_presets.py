@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from tokenizer_helpers import word_level_hf, write_hf_dir
 
+from tests.support.tokenizer_helpers import word_level_hf, write_hf_dir
 from tinkex_jax import tokenizer as tokmod
 from tinkex_jax.errors import ValidationError
 from tinkex_jax.tokenizer import find_preset_tokenizer, get_tokenizer

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from local_support import FAKE
 
+from tests.support.local_support import FAKE
 from tinkex_jax.local._backend import (
     AdapterSpec,
     BaseModelInfo,

@@ -1,9 +1,9 @@
-"""The examples in the docstrings of tinkex_jax.tokenizer (every module of the package) and
-tinkex_jax.renderers run, and each module lists its public definitions."""
+"""Each module of tinkex_jax.tokenizer and tinkex_jax.renderers lists its public definitions
+and says what it is for (their docstring examples run as doctests: pyproject.toml's
+``--doctest-modules``)."""
 
 from __future__ import annotations
 
-import doctest
 import importlib
 import inspect
 import pkgutil
@@ -16,19 +16,6 @@ import tinkex_jax.tokenizer
 MODULES = ["tinkex_jax.tokenizer", "tinkex_jax.renderers",
            *sorted(info.name for info in pkgutil.iter_modules(tinkex_jax.tokenizer.__path__,
                                                               "tinkex_jax.tokenizer."))]
-
-
-@pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples(name: str) -> None:
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0
-
-
-def test_the_examples_exist() -> None:
-    attempted = {name: doctest.testmod(importlib.import_module(name)).attempted
-                 for name in MODULES}
-    assert attempted["tinkex_jax.renderers"] > 5
-    assert sum(n for name, n in attempted.items() if name.startswith("tinkex_jax.tokenizer")) > 20
 
 
 @pytest.mark.parametrize("name", MODULES)

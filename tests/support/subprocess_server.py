@@ -108,20 +108,20 @@ class ChildServer:
 
 
 def main() -> None:
-    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(HERE.parents[1]))  # run as a script: the repo, for tests.support
     from tinkex_jax.local import ServerConfig, run_server
 
     settings = json.loads(sys.argv[1])
     kind = settings.pop("backend")
     backend: Any
     if kind == "fake":
-        from local_fake_backend import FakeBackend
-        from local_support import FAKE
+        from tests.support.local_fake_backend import FakeBackend
+        from tests.support.local_support import FAKE
 
         backend = FakeBackend()
         settings.setdefault("base_models", [FAKE])
     else:
-        from local_support import TINY, make_backend
+        from tests.support.local_support import TINY, make_backend
 
         backend = make_backend()
         settings.setdefault("base_models", [TINY])

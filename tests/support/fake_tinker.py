@@ -7,7 +7,7 @@ next action (a response, an exception to raise, or a callable). `serve_http` exp
 same handler on a real 127.0.0.1 socket for tests that need a second process.
 
 ``FakeTinker(older=True)`` answers like a Tinker-compatible server built for older SDKs
-(PROTOCOL.md §12): asample futures without ``sample_sequence_ids``, forward_backward metrics
+(docs/protocol.md §12): asample futures without ``sample_sequence_ids``, forward_backward metrics
 without ``loss:sum``, no ``sessions/{id}/finish`` endpoint (``finish_status``: 404 or 405),
 ``load_weights`` only in the legacy form (a 422 naming ``model_id`` otherwise), and prompt
 logprobs for the whole prompt whatever ``prompt_logprobs_last_n`` says. ``json_results=True``
