@@ -20,14 +20,20 @@ from typing import Literal
 from tinkex_jax.errors import invalid
 
 __all__ = [
+    "ARCHITECTURES",
     "DEFAULT_LORA_ALPHA",
     "Architecture",
     "LoraSpec",
     "ModelConfig",
 ]
 
-Architecture = Literal["llama", "qwen3"]
-"""Decoder families: ``"llama"`` (Llama 2/3, Mistral-like) and ``"qwen3"`` (adds q/k RMSNorm)."""
+Architecture = Literal["llama", "qwen3", "qwen2", "mistral"]
+"""Decoder families (they decide the Hugging Face names on export): ``"llama"`` (Llama 2/3),
+``"mistral"`` (Llama-like, optional sliding-window attention), ``"qwen2"`` (Qwen2 / Qwen2.5:
+q/k/v projection biases) and ``"qwen3"`` (q/k RMSNorm)."""
+
+ARCHITECTURES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
+"""Every supported `Architecture`."""
 
 DEFAULT_LORA_ALPHA = 32.0
 """Default LoRA alpha. The Tinker wire carries no alpha; we use a fixed ``alpha = 32`` (the
@@ -37,7 +43,7 @@ value SkyRL calls the Tinker default), so the LoRA output is scaled by ``32 / ra
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape and numerics of a Llama / Qwen3-family decoder.
+    """Shape and numerics of a Llama / Mistral / Qwen2 / Qwen3-family decoder.
 
     Attributes:
         vocab_size: Rows of the embedding (and columns of the unembedding).
@@ -48,13 +54,19 @@ class ModelConfig:
         d_ff: Width of the SwiGLU MLP (``intermediate_size``).
         head_dim: Size of one head; 0 means ``d_model // n_heads``.
         rope_theta: Rotary embedding base.
-        rope_scaling: Optional Llama-3 style rope scaling as sorted ``(key, value)`` pairs
-            (``rope_type`` ``"llama3"`` or ``"linear"``), hashable so the config stays static.
+        rope_scaling: Optional rope scaling as sorted ``(key, value)`` pairs (``rope_type``
+            ``"llama3"``, ``"linear"``, ``"dynamic"`` or ``"yarn"`` and their Hugging Face
+            parameters), hashable so the config stays static (see `decoder.rope_inv_freq`).
         rms_norm_eps: Epsilon of every RMSNorm.
         tie_embeddings: Use the embedding matrix as the output projection.
         qk_norm: Qwen3's per-head RMSNorm on queries and keys (before rotary).
+        attention_bias: Biases on the q, k and v projections (not on o), as in Qwen2; adds
+            ``bq, bk, bv`` to the layer parameters.
+        sliding_window: Each query attends to at most this many positions (itself and the
+            ``sliding_window - 1`` before it), as Mistral's ``sliding_window``; None: full
+            causal attention.
         max_seq_len: Longest sequence (prompt + completion) the model accepts.
-        architecture: ``"llama"`` or ``"qwen3"``; decides the Hugging Face names on export.
+        architecture: One of `ARCHITECTURES`; decides the Hugging Face names on export.
         bos_token_id, eos_token_ids, pad_token_id: Special token ids (may be unknown).
     """
 
@@ -70,6 +82,8 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     tie_embeddings: bool = True
     qk_norm: bool = False
+    attention_bias: bool = False
+    sliding_window: int | None = None
     max_seq_len: int = 2048
     architecture: Architecture = "llama"
     bos_token_id: int | None = None
@@ -97,8 +111,14 @@ class ModelConfig:
         if self.head_size % 2:
             raise invalid("ModelConfig.head_dim", "an even head size (rotary embeddings "
                           "rotate pairs)", self.head_size)
-        if self.architecture not in ("llama", "qwen3"):
-            raise invalid("ModelConfig.architecture", "'llama' or 'qwen3'", self.architecture)
+        if self.architecture not in ARCHITECTURES:
+            raise invalid("ModelConfig.architecture", f"one of {list(ARCHITECTURES)}",
+                          self.architecture)
+        if self.sliding_window is not None and (
+                not isinstance(self.sliding_window, int) or isinstance(self.sliding_window, bool)
+                or self.sliding_window <= 0):
+            raise invalid("ModelConfig.sliding_window", "None (full attention) or a positive "
+                          "int", self.sliding_window)
         if self.rope_theta <= 0:
             raise invalid("ModelConfig.rope_theta", "a positive float", self.rope_theta)
 
@@ -134,6 +154,8 @@ class ModelConfig:
         per_layer = 2 * d + d * q + 2 * d * kv + q * d + 3 * d * f
         if self.qk_norm:
             per_layer += 2 * self.head_size
+        if self.attention_bias:
+            per_layer += q + 2 * kv
         total = self.n_layers * per_layer + self.vocab_size * d + d
         if not self.tie_embeddings:
             total += self.vocab_size * d

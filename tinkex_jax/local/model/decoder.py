@@ -1,4 +1,4 @@
-"""A Llama / Qwen3-family decoder in plain JAX.
+"""A Llama / Mistral / Qwen2 / Qwen3-family decoder in plain JAX.
 
 Parameters are a plain pytree (nested dicts of arrays). Weights are stored ``[in, out]`` so a
 projection is ``x @ w``; the Hugging Face loader transposes from PyTorch's ``[out, in]``.
@@ -10,7 +10,8 @@ Base parameter layout (``L`` layers, ``d`` model width, ``q = n_heads * head``,
      "layers": {"attn_norm": [L, d], "wq": [L, d, q], "wk": [L, d, kv], "wv": [L, d, kv],
                 "wo": [L, q, d], "mlp_norm": [L, d], "w_gate": [L, d, f], "w_up": [L, d, f],
                 "w_down": [L, f, d],
-                "q_norm": [L, head], "k_norm": [L, head]},   # only when config.qk_norm
+                "q_norm": [L, head], "k_norm": [L, head],    # only when config.qk_norm
+                "bq": [L, q], "bk": [L, kv], "bv": [L, kv]},  # only when config.attention_bias
      "final_norm": [d],
      "unembed": [d, V]}                                       # only when not tie_embeddings
 
@@ -47,12 +48,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tinkex_jax.errors import invalid
+
 from .config import ModelConfig
 from .options import RunOptions, attention_block, remat_policy, resolve_attention
 
 __all__ = [
+    "ATTN_BIASES",
     "ATTN_WEIGHTS",
     "MLP_WEIGHTS",
+    "ROPE_TYPES",
     "DecodeSource",
     "DecodeWeights",
     "KVCache",
@@ -70,6 +75,7 @@ __all__ = [
     "map_row_chunks",
     "prefill",
     "rms_norm",
+    "rope_attention_factor",
     "rope_inv_freq",
     "target_logprobs",
     "unembed_matrix",
@@ -84,6 +90,12 @@ ATTN_WEIGHTS = ("wq", "wk", "wv", "wo")
 
 MLP_WEIGHTS = ("w_gate", "w_up", "w_down")
 """MLP projections (``train_mlp`` puts LoRA adapters on these)."""
+
+ATTN_BIASES = {"bq": "wq", "bk": "wk", "bv": "wv"}
+"""Attention biases (``config.attention_bias``) and the projection each is added to."""
+
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+"""Supported ``rope_scaling["rope_type"]`` values (Hugging Face names)."""
 
 _NEG = -1e30  # masked attention score; finite so a fully masked row cannot produce NaN
 
@@ -163,6 +175,10 @@ def _init_params_impl(config: ModelConfig, seed: jax.Array | int, dtype: Any) ->
     if c.qk_norm:
         layers["q_norm"] = jnp.ones((L, c.head_size), dtype)
         layers["k_norm"] = jnp.ones((L, c.head_size), dtype)
+    if c.attention_bias:  # zeros: no new random draws, so other weights keep their values
+        layers["bq"] = jnp.zeros((L, q), dtype)
+        layers["bk"] = jnp.zeros((L, kv), dtype)
+        layers["bv"] = jnp.zeros((L, kv), dtype)
     params: Params = {
         "embed": normal("embed", (c.vocab_size, d), d**-0.5),
         "layers": layers,
@@ -197,7 +213,17 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 def rope_inv_freq(config: ModelConfig) -> np.ndarray:
     """Rotary inverse frequencies ``[head/2]`` (float64 numpy), with optional rope scaling.
 
-    Supports no scaling, ``"linear"`` and ``"llama3"`` scaling as in Hugging Face configs.
+    Supports the `ROPE_TYPES` of Hugging Face configs: no scaling (``"default"``),
+    ``"linear"`` (frequencies divided by ``factor``), ``"dynamic"`` (NTK scaling that
+    transformers applies only to sequences longer than ``max_position_embeddings``; ours never
+    exceed ``max_seq_len``, which the loader sets to that length, so its frequencies are the
+    default ones), ``"llama3"`` (Llama 3.1 smoothing between ``low_freq_factor`` and
+    ``high_freq_factor``) and ``"yarn"`` (YaRN's ramp between interpolated and extrapolated
+    frequencies; its cos/sin multiplier is `rope_attention_factor`).
+
+    Raises:
+        ValidationError: An unsupported ``rope_type``, a missing or non-numeric parameter, or
+            ``partial_rotary_factor`` other than 1.
 
     Example:
         >>> from tinkex_jax.local.model.config import ModelConfig
@@ -206,38 +232,106 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
         >>> rope_inv_freq(cfg).tolist()
         [1.0, 0.1]
     """
+    return _rope(config)[0]
+
+
+def rope_attention_factor(config: ModelConfig) -> float:
+    """The multiplier of the rotary cos/sin tables: YaRN's attention factor, else 1.
+
+    YaRN scales queries and keys by it (attention logits by its square): the configured
+    ``attention_factor``, or ``0.1 * ln(factor) + 1`` (with ``mscale`` / ``mscale_all_dim``:
+    the ratio of that expression computed with each), as in transformers.
+
+    Example:
+        >>> from tinkex_jax.local.model.config import ModelConfig
+        >>> cfg = ModelConfig(vocab_size=8, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1,
+        ...                   d_ff=8, rope_scaling=(("factor", 4.0), ("rope_type", "yarn")))
+        >>> round(rope_attention_factor(cfg), 4)
+        1.1386
+    """
+    return _rope(config)[1]
+
+
+def _rope(config: ModelConfig) -> tuple[np.ndarray, float]:
+    """``(inverse frequencies, cos/sin multiplier)`` of `config` (see `rope_inv_freq`)."""
     hd = config.head_size
-    inv = 1.0 / (config.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    base = 1.0 / (config.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
     if not config.rope_scaling:
-        return inv
+        return base, 1.0
     scaling = dict(config.rope_scaling)
     kind = str(scaling.get("rope_type", scaling.get("type", "default")))
+    where = "ModelConfig.rope_scaling"
+    if kind not in ROPE_TYPES:
+        raise invalid(f"{where}.rope_type", f"one of {list(ROPE_TYPES)}", kind,
+                      "use a checkpoint without this rope scaling (e.g. longrope is not "
+                      "supported)")
+
+    def num(key: str, default: float | None = None) -> float:
+        value = scaling.get(key, default)
+        if value is None or isinstance(value, str):
+            raise invalid(f"{where}[{key!r}]", f"a number (rope_type {kind!r} needs it)",
+                          "<missing>" if value is None else value,
+                          "add it to the rope_scaling / rope_parameters of config.json")
+        return float(value)
+
+    if num("partial_rotary_factor", 1.0) != 1.0:
+        raise invalid(f"{where}['partial_rotary_factor']", "1.0 (rotary on the whole head)",
+                      scaling["partial_rotary_factor"], "partial rotary is not supported")
     if kind == "default":
-        return inv
-    factor = float(scaling["factor"])
+        return base, 1.0
+    if kind == "dynamic":
+        num("factor")
+        return base, 1.0  # equal to the default up to max_position_embeddings (= max_seq_len)
     if kind == "linear":
-        return inv / factor
+        return base / num("factor"), 1.0
     if kind == "llama3":
-        low = float(scaling.get("low_freq_factor", 1.0))
-        high = float(scaling.get("high_freq_factor", 4.0))
-        old = float(scaling.get("original_max_position_embeddings", 8192))
-        wavelen = 2 * np.pi / inv
-        scaled = np.where(wavelen > old / low, inv / factor, inv)
+        factor = num("factor")
+        low = num("low_freq_factor", 1.0)
+        high = num("high_freq_factor", 4.0)
+        old = num("original_max_position_embeddings", config.max_seq_len)
+        wavelen = 2 * np.pi / base
+        scaled = np.where(wavelen > old / low, base / factor, base)
         smooth = (old / wavelen - low) / (high - low)
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = (wavelen >= old / high) & (wavelen <= old / low)
-        return np.where(medium, smoothed, scaled)
-    raise ValueError(
-        f"ModelConfig.rope_scaling: unsupported rope_type {kind!r} (supported: 'default', "
-        "'linear', 'llama3'). Fix: use a checkpoint without this scaling, or add it here."
-    )
+        return np.where(medium, smoothed, scaled), 1.0
+    # yarn: interpolate the low frequencies, keep the high ones, with a linear ramp between
+    # the dimensions that turn beta_fast and beta_slow times over the original context.
+    old = num("original_max_position_embeddings", config.max_seq_len)
+    factor = num("factor", config.max_seq_len / old)
+    factor = factor or config.max_seq_len / old
+
+    def log_scale(m: float) -> float:
+        return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+    attn = scaling.get("attention_factor")
+    if attn is None:
+        m, m_all = float(scaling.get("mscale") or 0), float(scaling.get("mscale_all_dim") or 0)
+        attn = log_scale(m) / log_scale(m_all) if m and m_all else log_scale(1.0)
+    fast = float(scaling.get("beta_fast") or 32)
+    slow = float(scaling.get("beta_slow") or 1)
+
+    def dim_of(turns: float) -> float:  # the dimension index that turns `turns` times
+        return hd * math.log(old / (turns * 2 * math.pi)) / (2 * math.log(config.rope_theta))
+
+    lo, hi = dim_of(fast), dim_of(slow)
+    if scaling.get("truncate", True):
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, hd - 1)
+    if lo == hi:
+        hi += 1e-3
+    ramp = np.clip((np.arange(hd // 2, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    return base / factor * ramp + base * (1.0 - ramp), float(attn)
 
 
 def _rope_tables(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``cos, sin`` of shape ``positions.shape + [head/2]``."""
-    inv = jnp.asarray(rope_inv_freq(config), jnp.float32)
-    angles = positions.astype(jnp.float32)[..., None] * inv
-    return jnp.cos(angles), jnp.sin(angles)
+    """``cos, sin`` of shape ``positions.shape + [head/2]`` (times YaRN's attention factor)."""
+    inv, mult = _rope(config)
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv, jnp.float32)
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    if mult != 1.0:
+        cos, sin = cos * mult, sin * mult
+    return cos, sin
 
 
 def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -278,7 +372,8 @@ def block_inputs(x: jax.Array, lw: Mapping[str, jax.Array], lora: Mapping[str, A
                  batch: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Queries, keys and values of one block for 2-D input ``x`` ``[batch*T, d]``.
 
-    Returns ``q [B, T, H, head]``, ``k, v [B, T, KV, head]`` with q/k-norm and rotary applied
+    Returns ``q [B, T, H, head]``, ``k, v [B, T, KV, head]`` with biases (when the config
+    has them), q/k-norm and rotary applied
     (``cos``/``sin`` are ``[T, head/2]`` or ``[B, T, head/2]``).
 
     Example:
@@ -295,13 +390,27 @@ def block_inputs(x: jax.Array, lw: Mapping[str, jax.Array], lora: Mapping[str, A
     c = config
     ad = lora or {}
     h = rms_norm(x, lw["attn_norm"], c.rms_norm_eps)
-    q = _proj(h, lw["wq"], ad.get("wq"), scale).reshape(batch, -1, c.n_heads, c.head_size)
-    k = _proj(h, lw["wk"], ad.get("wk"), scale).reshape(batch, -1, c.n_kv_heads, c.head_size)
-    v = _proj(h, lw["wv"], ad.get("wv"), scale).reshape(batch, -1, c.n_kv_heads, c.head_size)
+
+    def project(w: str, bias: str, heads: int) -> jax.Array:
+        y = _proj(h, lw[w], ad.get(w), scale)
+        if c.attention_bias:  # static: nothing traced for configs without biases
+            y = y + lw[bias].astype(y.dtype)
+        return y.reshape(batch, -1, heads, c.head_size)
+
+    q = project("wq", "bq", c.n_heads)
+    k = project("wk", "bk", c.n_kv_heads)
+    v = project("wv", "bv", c.n_kv_heads)
     if c.qk_norm:
         q = rms_norm(q, lw["q_norm"], c.rms_norm_eps)
         k = rms_norm(k, lw["k_norm"], c.rms_norm_eps)
     return _apply_rope(q, cos, sin), _apply_rope(k, cos, sin), v
+
+
+def _window(config: ModelConfig, length: int) -> int | None:
+    """The sliding window when it hides something in sequences of `length` keys, else None
+    (then the mask is plain causal and no extra work is traced)."""
+    w = config.sliding_window
+    return w if w is not None and w < length else None
 
 
 def _dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -313,6 +422,9 @@ def _dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     s = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
     s = s * (c.head_size**-0.5)
     causal = jnp.tril(jnp.ones((T, T), jnp.bool_))
+    window = _window(c, T)
+    if window is not None:  # query i sees keys i - window < j <= i
+        causal = causal & ~jnp.tril(jnp.ones((T, T), jnp.bool_), -window)
     s = jnp.where(causal, s, _NEG)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
     o = jnp.einsum("bkgts,bskh->bkgth", p, v)  # natural output order, then one transpose
@@ -333,6 +445,7 @@ def _chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, config: ModelCo
     qb = q.reshape(B, n, block, c.n_kv_heads, c.group_size, c.head_size)
     qb = jnp.moveaxis(qb, 1, 0)  # [n, B, block, KV, G, h]
     key_pos = jnp.arange(T)
+    window = _window(c, T)
 
     @jax.checkpoint
     def one(args: tuple[jax.Array, jax.Array]) -> jax.Array:
@@ -340,7 +453,10 @@ def _chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, config: ModelCo
         s = jnp.einsum("bckgh,bskh->bkgcs", qi, k, preferred_element_type=jnp.float32)
         s = s * (c.head_size**-0.5)
         query_pos = i * block + jnp.arange(block)
-        s = jnp.where(query_pos[:, None] >= key_pos[None, :], s, _NEG)
+        seen = query_pos[:, None] >= key_pos[None, :]
+        if window is not None:
+            seen = seen & (query_pos[:, None] - key_pos[None, :] < window)
+        s = jnp.where(seen, s, _NEG)
         p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
         return jnp.einsum("bkgcs,bskh->bckgh", p, v)  # [B, block, KV, G, h]
 
@@ -351,8 +467,11 @@ def _chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, config: ModelCo
 def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                      config: ModelConfig) -> jax.Array | None:
     """cuDNN fused attention, or None when cuDNN refuses (shapes, dtype, version)."""
+    window = _window(config, q.shape[1])
+    local = None if window is None else (window - 1, 0)  # keys q - (window - 1) .. q
     try:
-        o = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+        o = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn",
+                                         local_window_size=local)
     except Exception:  # raised at trace time when cuDNN cannot run these shapes
         return None
     B, T = q.shape[0], q.shape[1]
@@ -362,6 +481,8 @@ def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, config: ModelConfig,
                      impl: str = "dense") -> jax.Array:
     """Causal grouped-query attention over full sequences; returns ``[B*T, H*head]``.
+
+    With ``config.sliding_window`` ``W``, query ``i`` sees keys ``i - W < j <= i``.
 
     Args:
         q: ``[B, T, H, head]`` queries (after rotary).
@@ -767,6 +888,9 @@ def decode_step(weights: DecodeSource, cache: KVCache, token: jax.Array, pos: ja
     x = jnp.take(embed, token, axis=0)  # [B, d]
     cos, sin = _rope_tables(c, pos[None])  # [1, head/2]
     visible = jnp.arange(S) <= pos
+    window = _window(c, S)
+    if window is not None:
+        visible = visible & (jnp.arange(S) > pos - window)
     new_cache: KVCache = []
     for i, (kc, vc) in enumerate(cache):
         lw, ad = _layer_weights(weights, i, barrier=pos)

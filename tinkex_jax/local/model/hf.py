@@ -1,4 +1,4 @@
-"""Load and save Hugging Face style Llama / Qwen3 checkpoints from local disk.
+"""Load and save Hugging Face style Llama / Mistral / Qwen2 / Qwen3 checkpoints from local disk.
 
 A directory holds ``config.json``, the weights as ``model.safetensors`` or as shards listed in
 ``model.safetensors.index.json``, and ``tokenizer.json`` (optional for loading). Tensor names
@@ -7,15 +7,28 @@ follow ``transformers`` (PyTorch layout ``[out, in]``)::
     model.embed_tokens.weight                        [V, d]
     model.layers.{i}.input_layernorm.weight          [d]
     model.layers.{i}.self_attn.{q,k,v,o}_proj.weight [out, in]
+    model.layers.{i}.self_attn.{q,k,v}_proj.bias     [out]    (Qwen2)
     model.layers.{i}.self_attn.{q,k}_norm.weight     [head]   (Qwen3)
     model.layers.{i}.post_attention_layernorm.weight [d]
     model.layers.{i}.mlp.{gate,up,down}_proj.weight  [out, in]
     model.norm.weight                                [d]
     lm_head.weight                                   [V, d]   (absent when tied)
 
-Supported ``architectures``: ``LlamaForCausalLM`` and ``Qwen3ForCausalLM``. Anything else
-(or attention biases, sliding windows, unsupported rope scaling) raises a `ValidationError`
-that names the field and what is supported.
+Supported ``architectures`` (`SUPPORTED_ARCHITECTURES`), each checked against the logits of
+``transformers`` on tiny random models (tests/unit/model/test_model_families.py):
+
+* ``LlamaForCausalLM`` (Llama 2 / 3.x),
+* ``MistralForCausalLM`` (``sliding_window`` null, or a window applied as a mask; a window of
+  at least ``max_position_embeddings`` is dropped since it hides nothing),
+* ``Qwen2ForCausalLM`` (Qwen2 / Qwen2.5: biases on the q, k and v projections),
+* ``Qwen3ForCausalLM`` (q/k RMSNorm).
+
+Rope scaling (``rope_scaling``, or ``rope_parameters`` as transformers 5 writes it):
+``rope_type`` ``"default"``, ``"linear"``, ``"dynamic"``, ``"llama3"`` and ``"yarn"`` (see
+`decoder.rope_inv_freq`). Anything else (another architecture, ``hidden_act`` other than
+silu, Llama / Qwen3 ``attention_bias`` or Llama ``mlp_bias``, Qwen's per-layer
+``use_sliding_window``, another rope type such as ``"longrope"``, partial rotary) raises a
+`ValidationError` that names the field, what is supported and how to fix it.
 
 Example:
     >>> import tempfile
@@ -44,11 +57,12 @@ import numpy as np
 from tinkex_jax.errors import invalid
 
 from .config import ModelConfig
-from .decoder import Params
+from .decoder import ATTN_BIASES, ROPE_TYPES, Params
 from .options import RunOptions
 from .runtime import Model
 
 __all__ = [
+    "SUPPORTED_ARCHITECTURES",
     "LoadedModel",
     "MappingSource",
     "SafetensorsSource",
@@ -64,8 +78,12 @@ __all__ = [
     "save_hf_directory",
 ]
 
-_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
+_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
+                  "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 _HF_ARCH = {v: k for k, v in _ARCHITECTURES.items()}
+
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(sorted(_ARCHITECTURES))
+"""The ``architectures`` values of ``config.json`` that the loader accepts."""
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -75,12 +93,20 @@ _LAYER_NAMES = {
     "wo": "self_attn.o_proj",
     "q_norm": "self_attn.q_norm",
     "k_norm": "self_attn.k_norm",
+    "bq": "self_attn.q_proj",
+    "bk": "self_attn.k_proj",
+    "bv": "self_attn.v_proj",
     "mlp_norm": "post_attention_layernorm",
     "w_gate": "mlp.gate_proj",
     "w_up": "mlp.up_proj",
     "w_down": "mlp.down_proj",
 }
 _MATRICES = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"}
+
+
+def _layer_tensor(ours: str) -> str:
+    """The transformers name of layer parameter `ours`, after ``model.layers.{i}.``."""
+    return f"{_LAYER_NAMES[ours]}.{'bias' if ours in ATTN_BIASES else 'weight'}"
 
 _DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": "bfloat16"}
 
@@ -130,35 +156,105 @@ def _np_dtype(name: str) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
+def _rope_from_hf(hf: Mapping[str, Any], where: str) -> tuple[float, tuple[Any, ...] | None]:
+    """``(rope_theta, rope_scaling)`` from legacy ``rope_theta`` / ``rope_scaling`` keys or
+    from transformers 5's ``rope_parameters`` (which wins where both are given)."""
+    params: dict[str, Any] = {}
+    for key in ("rope_scaling", "rope_parameters"):
+        value = hf.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, Mapping) or any(isinstance(v, Mapping)
+                                                 for v in value.values()):
+            raise invalid(f"{where}: {key}", "null or one flat object (one rope for every "
+                          "layer)", f"<{json.dumps(value, default=str)[:120]}>",
+                          "per-layer-type rope parameters are not supported")
+        params.update(value)
+    theta = params.pop("rope_theta", None)
+    theta = float(hf.get("rope_theta") or 10_000.0) if theta is None else float(theta)
+    kind = str(params.pop("rope_type", None) or params.pop("type", None) or "default")
+    params.pop("type", None)
+    partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
+    if partial is not None and float(partial) != 1.0:
+        raise invalid(f"{where}: partial_rotary_factor", "1.0 (rotary on the whole head)",
+                      partial, "partial rotary embeddings are not supported")
+    params.pop("partial_rotary_factor", None)
+    if kind not in ROPE_TYPES:
+        raise invalid(f"{where}: rope_scaling.rope_type", f"one of {list(ROPE_TYPES)}", kind,
+                      "use a checkpoint without this rope scaling")
+    if kind == "default":
+        return theta, None
+    if kind in ("llama3", "yarn") and params.get("original_max_position_embeddings") is None:
+        # transformers' default: the pretraining context is max_position_embeddings
+        params["original_max_position_embeddings"] = int(hf.get("max_position_embeddings",
+                                                                2048))
+    items: list[tuple[str, float | str]] = [("rope_type", kind)]
+    for k, v in params.items():
+        if v is None:
+            continue
+        if isinstance(v, str):
+            items.append((str(k), v))
+        elif isinstance(v, (bool, int, float)):
+            items.append((str(k), float(v)))
+        else:
+            raise invalid(f"{where}: rope_scaling[{k!r}]", "a number or a string", v,
+                          f"rope_type {kind!r} takes numeric parameters only")
+    return theta, tuple(sorted(items))
+
+
 def config_from_hf(hf: Mapping[str, Any], *, where: str = "config.json") -> ModelConfig:
     """A `ModelConfig` from a Hugging Face ``config.json`` dict.
 
     Raises:
-        ValidationError: Unknown architecture or unsupported features.
+        ValidationError: Unknown architecture or unsupported features (the message says what
+            is supported).
 
     Example:
         >>> config_from_hf({"architectures": ["Qwen3ForCausalLM"], "vocab_size": 32,
         ...   "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
         ...   "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8}).qk_norm
         True
+        >>> config_from_hf({"architectures": ["Qwen2ForCausalLM"], "vocab_size": 32,
+        ...   "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+        ...   "num_attention_heads": 2, "num_key_value_heads": 1}).attention_bias
+        True
     """
     archs = hf.get("architectures") or []
     model_type = hf.get("model_type")
     arch = next((_ARCHITECTURES[a] for a in archs if a in _ARCHITECTURES), None)
-    if arch is None and not archs and model_type in ("llama", "qwen3"):
+    if arch is None and not archs and model_type in _HF_ARCH:
         arch = model_type
     if arch is None:
-        raise invalid(f"{where}: architectures", f"one of {sorted(_ARCHITECTURES)}",
+        raise invalid(f"{where}: architectures", f"one of {list(SUPPORTED_ARCHITECTURES)}",
                       archs or model_type or "<missing>",
-                      "the local backend runs Llama- and Qwen3-family decoders only; use "
-                      "such a checkpoint or a built-in preset (tinkex-jax/tiny, "
-                      "tinkex-jax/small)")
-    if hf.get("attention_bias") or hf.get("mlp_bias"):
-        raise invalid(f"{where}: attention_bias/mlp_bias", "false (no projection biases)",
-                      True, "biased projections are not supported by the local backend")
-    if hf.get("use_sliding_window") or (arch == "llama" and hf.get("sliding_window")):
-        raise invalid(f"{where}: sliding_window", "no sliding-window attention",
-                      hf.get("sliding_window"))
+                      "the local backend runs Llama, Mistral, Qwen2 / Qwen2.5 and Qwen3 "
+                      "decoders only; use such a checkpoint or a built-in preset "
+                      "(tinkex-jax/tiny, tinkex-jax/small)")
+    name = _HF_ARCH[arch]
+    if arch in ("llama", "qwen3") and hf.get("attention_bias"):
+        raise invalid(f"{where}: attention_bias", f"false for {name}", True,
+                      f"{name} with attention_bias puts biases on q, k, v and o, which the "
+                      "local backend does not run (Qwen2ForCausalLM's q/k/v biases it does)")
+    if arch == "llama" and hf.get("mlp_bias"):
+        raise invalid(f"{where}: mlp_bias", "false (no MLP biases)", True,
+                      "biased MLP projections are not supported by the local backend")
+    max_pos = int(hf.get("max_position_embeddings", 2048))
+    window = hf.get("sliding_window")
+    sliding_window = None
+    if arch == "llama" and (hf.get("use_sliding_window") or window):
+        raise invalid(f"{where}: sliding_window", f"null for {name}", window,
+                      "Llama has no sliding window; for Mistral-style windows use "
+                      "MistralForCausalLM")
+    if arch in ("qwen2", "qwen3") and hf.get("use_sliding_window") and window is not None \
+            and int(window) < max_pos:
+        raise invalid(f"{where}: use_sliding_window", f"false for {name} (or a "
+                      f"sliding_window of at least max_position_embeddings={max_pos})",
+                      True, "per-layer sliding windows (max_window_layers) are not "
+                      "supported; Qwen2.5 / Qwen3 checkpoints ship with it false")
+    if arch == "mistral" and window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+            raise invalid(f"{where}: sliding_window", "null or a positive int", window)
+        sliding_window = window if window < max_pos else None  # a longer one hides nothing
     act = hf.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise invalid(f"{where}: hidden_act", "'silu' (SwiGLU MLP)", act)
@@ -167,11 +263,7 @@ def config_from_hf(hf: Mapping[str, Any], *, where: str = "config.json") -> Mode
     eos = hf.get("eos_token_id")
     eos_ids = tuple(int(e) for e in eos) if isinstance(eos, list) else (
         () if eos is None else (int(eos),))
-    scaling = hf.get("rope_scaling")
-    rope_scaling = None
-    if scaling:
-        rope_scaling = tuple(sorted((str(k), v if isinstance(v, str) else float(v))
-                                    for k, v in scaling.items() if v is not None))
+    rope_theta, rope_scaling = _rope_from_hf(hf, where)
     head_dim = int(hf.get("head_dim") or 0)
     if head_dim == d // n_heads and d % n_heads == 0:
         head_dim = 0
@@ -183,12 +275,14 @@ def config_from_hf(hf: Mapping[str, Any], *, where: str = "config.json") -> Mode
         n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
         d_ff=int(hf["intermediate_size"]),
         head_dim=head_dim,
-        rope_theta=float(hf.get("rope_theta", 10_000.0)),
+        rope_theta=rope_theta,
         rope_scaling=rope_scaling,
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         qk_norm=arch == "qwen3",
-        max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+        attention_bias=arch == "qwen2",
+        sliding_window=sliding_window,
+        max_seq_len=max_pos,
         architecture=arch,  # type: ignore[arg-type]
         bos_token_id=None if hf.get("bos_token_id") is None else int(hf["bos_token_id"]),
         eos_token_ids=eos_ids,
@@ -196,12 +290,32 @@ def config_from_hf(hf: Mapping[str, Any], *, where: str = "config.json") -> Mode
     )
     from .decoder import rope_inv_freq
 
-    rope_inv_freq(cfg)  # raises on unsupported rope scaling
+    try:
+        rope_inv_freq(cfg)  # raises on unsupported rope parameters
+    except ValueError as exc:
+        raise invalid(f"{where}: rope_scaling", "parameters the rope type needs",
+                      dict(rope_scaling or ()), str(exc)) from exc
     return cfg
+
+
+def _rope_scaling_to_hf(scaling: tuple[Any, ...] | None) -> dict[str, Any] | None:
+    """``rope_scaling`` with the types transformers checks (an int context, a bool flag)."""
+    if not scaling:
+        return None
+    out = dict(scaling)
+    for key, kind in (("original_max_position_embeddings", int), ("truncate", bool)):
+        if key in out:
+            out[key] = kind(out[key])
+    return out
 
 
 def config_to_hf(config: ModelConfig, *, dtype: str = "float32") -> dict[str, Any]:
     """The Hugging Face ``config.json`` dict of a `ModelConfig`.
+
+    Raises:
+        ValidationError: A config that its architecture cannot express (q/k norms other than
+            Qwen3's, attention biases other than Qwen2's, a sliding window other than
+            Mistral's).
 
     Example:
         >>> from tinkex_jax.local.model.config import ModelConfig
@@ -213,6 +327,14 @@ def config_to_hf(config: ModelConfig, *, dtype: str = "float32") -> dict[str, An
     c = config
     eos: Any = list(c.eos_token_ids) if len(c.eos_token_ids) > 1 else (
         c.eos_token_ids[0] if c.eos_token_ids else None)
+    for field, value, owner in (("qk_norm", c.qk_norm, "qwen3"),
+                                ("attention_bias", c.attention_bias, "qwen2"),
+                                ("sliding_window", c.sliding_window is not None, "mistral")):
+        if value != (c.architecture == owner):
+            raise invalid(f"ModelConfig.{field}", f"{'set' if c.architecture == owner else 'unset'}"
+                          f" for architecture {c.architecture!r} (Hugging Face derives it "
+                          "from the architecture)", getattr(c, field),
+                          f"set architecture={owner!r} for {field}")
     out: dict[str, Any] = {
         "architectures": [_HF_ARCH[c.architecture]],
         "model_type": c.architecture,
@@ -227,19 +349,19 @@ def config_to_hf(config: ModelConfig, *, dtype: str = "float32") -> dict[str, An
         "max_position_embeddings": c.max_seq_len,
         "rms_norm_eps": c.rms_norm_eps,
         "rope_theta": c.rope_theta,
-        "rope_scaling": dict(c.rope_scaling) if c.rope_scaling else None,
+        "rope_scaling": _rope_scaling_to_hf(c.rope_scaling),
         "tie_word_embeddings": c.tie_embeddings,
-        "attention_bias": False,
+        "attention_bias": c.attention_bias,
         "mlp_bias": False,
         "bos_token_id": c.bos_token_id,
         "eos_token_id": eos,
         "pad_token_id": c.pad_token_id,
         "torch_dtype": dtype,
     }
-    if c.qk_norm != (c.architecture == "qwen3"):
-        raise invalid("ModelConfig.qk_norm", f"{c.architecture == 'qwen3'} for architecture "
-                      f"{c.architecture!r} (Hugging Face derives it from the architecture)",
-                      c.qk_norm, "set architecture='qwen3' for q/k norms")
+    if c.architecture == "mistral":
+        out["sliding_window"] = c.sliding_window
+    if c.architecture in ("qwen2", "qwen3"):
+        out["use_sliding_window"] = False
     return out
 
 
@@ -504,7 +626,7 @@ def params_from_hf(tensors: Mapping[str, Any] | TensorSource, config: ModelConfi
 
     def stacked(ours: str, shape: tuple[int, ...], sharding: Any) -> jax.Array:
         transpose = ours in _MATRICES
-        names = [f"{prefix}layers.{i}.{_LAYER_NAMES[ours]}.weight" for i in range(shape[0])]
+        names = [f"{prefix}layers.{i}.{_layer_tensor(ours)}" for i in range(shape[0])]
         for name in names:
             check(name, shape[1:], transpose)
         if sharding is None:
@@ -564,7 +686,7 @@ def params_to_hf(params: Params, config: ModelConfig, *,
     put("model.embed_tokens.weight", params["embed"], False)
     for ours, stacked in params["layers"].items():
         for i in range(config.n_layers):
-            put(f"model.layers.{i}.{_LAYER_NAMES[ours]}.weight", stacked[i], ours in _MATRICES)
+            put(f"model.layers.{i}.{_layer_tensor(ours)}", stacked[i], ours in _MATRICES)
     put("model.norm.weight", params["final_norm"], False)
     if "unembed" in params:
         put("lm_head.weight", params["unembed"], True)
@@ -673,7 +795,7 @@ def hf_weight_files(path: str | os.PathLike[str]) -> tuple[Path, list[Path]]:
 
 def load_hf_directory(path: str | os.PathLike[str], *, dtype: Any = "auto",
                       options: RunOptions | None = None) -> LoadedModel:
-    """Loads a Llama / Qwen3 Hugging Face directory from local disk.
+    """Loads a Llama / Mistral / Qwen2 / Qwen3 Hugging Face directory from local disk.
 
     Args:
         path: A directory with ``config.json``, ``model.safetensors`` (or shards with
