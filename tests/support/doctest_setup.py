@@ -27,6 +27,12 @@ from _pytest.doctest import DoctestModule
 
 #: The folders (beside pyproject.toml) whose modules' examples run.
 PACKAGES = ("tinkex_jax", "losses", "regularizers")
+#: Modules whose examples need a process that has not imported the official ``tinker`` SDK
+#: (the suite imports it), and the test that runs them in a fresh interpreter instead.
+FRESH_INTERPRETER = {
+    "tinkex_jax/_as_tinker.py":
+        "tests/unit/test_as_tinker.py::test_uninstall_and_the_context_manager",
+}
 
 _original_from_module = doctest.DocTestFinder._from_module  # type: ignore[attr-defined]
 
@@ -53,7 +59,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     if not file_path.is_relative_to(parent.config.rootpath):
         return None
     relative = file_path.relative_to(parent.config.rootpath).parts
-    if relative[0] not in PACKAGES:
+    if relative[0] not in PACKAGES or "/".join(relative) in FRESH_INTERPRETER:
         return None
     module: pytest.Collector = DoctestModule.from_parent(parent, path=file_path)
     return module

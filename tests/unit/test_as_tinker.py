@@ -6,7 +6,6 @@ Every check of the switch runs in a fresh interpreter, so this test process neve
 
 from __future__ import annotations
 
-import doctest
 import importlib
 import os
 import subprocess
@@ -81,14 +80,6 @@ def test_the_layout_finder_answers_only_for_the_table():
     assert finder.find_spec("tinkex_jax.types.nothing") is None
     assert finder.find_spec("tinker.types.tensor_data") is None
     assert sum(isinstance(f, _modules.LayoutFinder) for f in sys.meta_path) == 1
-
-
-@pytest.mark.parametrize("name", ["tinkex_jax._modules", "tinkex_jax.lib",
-                                  "tinkex_jax.lib.public_interfaces"])
-def test_doctests(name):
-    module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted and not result.failed
 
 
 def test_auth_helpers(tmp_path):
@@ -195,7 +186,8 @@ def test_after_the_official_sdk_it_refuses_and_says_why(tmp_path):
 def test_uninstall_and_the_context_manager(tmp_path):
     out = run_python("""
         import sys, doctest, tinkex_jax, tinkex_jax._as_tinker as switch
-        assert not doctest.testmod(switch).failed
+        examples = doctest.testmod(switch)  # in a fresh interpreter: see doctest_setup.py
+        assert examples.attempted >= 10 and not examples.failed, examples
         with tinkex_jax.install_as_tinker() as handle:
             assert tinkex_jax.install_as_tinker().installed  # idempotent
             import tinker.types.tensor_data

@@ -35,3 +35,17 @@ def test_methods_of_a_renamed_class_are_collected_with_it() -> None:
     assert module.RetryConfig.__module__ == "tinkex_jax"
     names = [t.name for t in doctest.DocTestFinder().find(module) if t.examples]
     assert any(n.endswith("RetryConfig") for n in names)
+
+
+def test_modules_left_to_a_fresh_interpreter_name_a_test_that_runs_them() -> None:
+    from pathlib import Path
+
+    from tests.support.doctest_setup import FRESH_INTERPRETER
+
+    root = Path(__file__).resolve().parents[2]
+    for module_path, test_id in FRESH_INTERPRETER.items():
+        test_file, test_name = test_id.split("::")
+        module = module_path.removesuffix(".py").replace("/", ".")
+        source = (root / test_file).read_text()
+        assert (root / module_path).is_file() and f"def {test_name}(" in source
+        assert f"import {module}" in source or f"{module} as" in source, (module, test_id)
